@@ -1,0 +1,618 @@
+"""The lab configuration: embedded defaults, loading, and validation.
+
+Settings come from invoke's configuration under ``lab`` (``invoke.yaml`` beside
+``tasks.py``, ``-f FILE``, ``INVOKE_LAB_*`` variables). :func:`load` fills what the user
+did not set from :data:`DEFAULTS` and the profile, then validates the result and raises
+one :class:`~lab.errors.ConfigError` listing *every* problem, one line each.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Tuple
+
+import yaml
+
+from .errors import ConfigError
+from .profiles import DEFAULT_PROFILE, PROFILES, Profile
+
+#: Embedded defaults. ``None`` means "the profile decides" (or "derived", for nodes).
+DEFAULTS: dict = {
+    "name": "dslab",
+    "profile": DEFAULT_PROFILE,
+    "box": None,
+    "box_url": None,
+    "libvirt_uri": "qemu:///system",
+    "libvirt_driver": "kvm",
+    "storage_pool": "default",
+    "memory_mb": 2048,
+    "cpus": 2,
+    "state_dir": ".lab",
+    "domain": "dslab.internal",
+    "workers": 2,
+    "nodes": None,
+    "network_ipv4": "192.168.200.0/24",
+    "network_ipv6": "fd00:db1::/64",
+    "dhcp_ipv4_range": "192.168.200.100-192.168.200.139",
+    "dhcp_ipv6_range": "fd00:db1::1000-fd00:db1::10ff",
+    "pod_subnets": "10.244.0.0/16,fd00:2::/48",
+    "service_subnets": "10.96.0.0/16,fd00:3::/112",
+    "docker_ipv6_cidr": "fd00:1::/64",
+    "node_cidr_mask_ipv4": 24,
+    "node_cidr_mask_ipv6": 64,
+    "metallb_ipv4_range": "192.168.200.240-192.168.200.250",
+    "metallb_ipv6_range": "fd00:db1::240-fd00:db1::250",
+    "external_ipv4": "192.168.200.145",
+    "external_ipv6": "fd00:db1::120",
+    "runtime": None,
+    "kube_proxy_mode": "ipvs",
+    "ready_timeout": 900,
+}
+
+#: One line of help per setting, used by the README and ``invoke lab.config``.
+HELP: dict = {
+    "name": "lab name; prefix of every libvirt object the lab creates (DNS label, max 20 chars)",
+    "profile": "versions to install: 'current' or 'seed-2020'",
+    "box": "Vagrant box name (default: the profile's)",
+    "box_url": "URL of the box where it is not on Vagrant Cloud (default: the profile's)",
+    "libvirt_uri": "libvirt connection URI, e.g. qemu:///system or qemu+ssh://user@host/system",
+    "libvirt_driver": "'kvm' (hardware virtualisation) or 'qemu' (software emulation)",
+    "storage_pool": "libvirt storage pool for the VM disks",
+    "memory_mb": "memory per node, MiB",
+    "cpus": "vCPUs per node",
+    "state_dir": "where rendered files, the Vagrant project, logs and the kubeconfig live",
+    "domain": "DNS domain of the node names",
+    "workers": "number of worker nodes (when 'nodes' is not given)",
+    "nodes": "explicit node list: [{name, role: control-plane|worker, ipv4, ipv6}]",
+    "network_ipv4": "IPv4 CIDR of the node network",
+    "network_ipv6": "IPv6 CIDR of the node network (unique-local /64)",
+    "dhcp_ipv4_range": "IPv4 DHCP range of the node network, 'first-last'",
+    "dhcp_ipv6_range": "IPv6 DHCP range of the node network, 'first-last'",
+    "pod_subnets": "pod CIDRs, '<ipv4>,<ipv6>'",
+    "service_subnets": "service CIDRs, '<ipv4>,<ipv6>'",
+    "docker_ipv6_cidr": "Docker's fixed-cidr-v6 on every node",
+    "node_cidr_mask_ipv4": "size of each node's IPv4 pod block (prefix length)",
+    "node_cidr_mask_ipv6": "size of each node's IPv6 pod block (prefix length)",
+    "metallb_ipv4_range": "MetalLB IPv4 pool, 'first-last', inside the node network",
+    "metallb_ipv6_range": "MetalLB IPv6 pool, 'first-last', inside the node network",
+    "external_ipv4": "externalIP of the IPv4 nginx Service, inside the node network",
+    "external_ipv6": "externalIP of the IPv6 nginx Service, inside the node network",
+    "runtime": "container runtime: 'docker' (with cri-dockerd on current) or 'containerd'",
+    "kube_proxy_mode": "kube-proxy mode: 'ipvs' (the recipe's) or 'nftables' (current only)",
+    "ready_timeout": "seconds to wait for nodes and workloads to become ready",
+}
+
+ROLES = ("control-plane", "worker")
+DRIVERS = ("kvm", "qemu")
+PROXY_MODES = ("ipvs", "nftables")
+NAME_MAX = 20
+MEMORY_MIN_MB = 512
+CPUS_MAX = 64
+WORKERS_MAX = 20
+CONTROL_PLANE_HOST = 11
+FIRST_WORKER_HOST = 21
+DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+DNS_NAME = re.compile(r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+INT_SETTINGS = ("memory_mb", "cpus", "workers", "node_cidr_mask_ipv4", "node_cidr_mask_ipv6", "ready_timeout")
+
+IPNetwork = ipaddress._BaseNetwork  # noqa: SLF001 - the common base of both families
+IPAddress = ipaddress._BaseAddress  # noqa: SLF001
+
+
+@dataclass(frozen=True)
+class Node:
+    """One planned machine of the lab."""
+
+    name: str
+    role: str
+    ipv4: ipaddress.IPv4Address
+    ipv6: ipaddress.IPv6Address
+    mac: str
+
+    @property
+    def is_control_plane(self) -> bool:
+        """True for the control-plane node."""
+        return self.role == "control-plane"
+
+    def fqdn(self, domain: str) -> str:
+        """``name.domain``."""
+        return f"{self.name}.{domain}"
+
+
+@dataclass(frozen=True)
+class AddressRange:
+    """An inclusive range of addresses of one family, written ``first-last``."""
+
+    first: Any
+    last: Any
+
+    @property
+    def version(self) -> int:
+        """4 or 6."""
+        return self.first.version
+
+    def __contains__(self, address) -> bool:
+        return address.version == self.version and self.first <= address <= self.last
+
+    def overlaps(self, other: "AddressRange") -> bool:
+        """True when both ranges share an address."""
+        return self.version == other.version and self.first <= other.last and other.first <= self.last
+
+    def within(self, network) -> bool:
+        """True when the whole range lies inside ``network``."""
+        return self.first in network and self.last in network
+
+    def __str__(self) -> str:
+        return f"{self.first}-{self.last}"
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    """A loaded, defaulted and validated lab configuration."""
+
+    name: str
+    profile: Profile
+    box: str
+    box_url: Optional[str]
+    libvirt_uri: str
+    libvirt_driver: str
+    storage_pool: str
+    memory_mb: int
+    cpus: int
+    state_dir: Path
+    domain: str
+    nodes: Tuple[Node, ...]
+    network_ipv4: ipaddress.IPv4Network
+    network_ipv6: ipaddress.IPv6Network
+    dhcp_ipv4_range: AddressRange
+    dhcp_ipv6_range: AddressRange
+    pod_subnets: Tuple[ipaddress.IPv4Network, ipaddress.IPv6Network]
+    service_subnets: Tuple[ipaddress.IPv4Network, ipaddress.IPv6Network]
+    docker_ipv6_cidr: ipaddress.IPv6Network
+    node_cidr_mask_ipv4: int
+    node_cidr_mask_ipv6: int
+    metallb_ipv4_range: AddressRange
+    metallb_ipv6_range: AddressRange
+    external_ipv4: ipaddress.IPv4Address
+    external_ipv6: ipaddress.IPv6Address
+    runtime: str
+    kube_proxy_mode: str
+    ready_timeout: int
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def control_plane(self) -> Node:
+        """The control-plane node."""
+        return next(n for n in self.nodes if n.is_control_plane)
+
+    @property
+    def workers(self) -> Tuple[Node, ...]:
+        """The worker nodes, in order."""
+        return tuple(n for n in self.nodes if not n.is_control_plane)
+
+    @property
+    def gateway_ipv4(self) -> ipaddress.IPv4Address:
+        """The host's IPv4 address on the node network (its first address)."""
+        return self.network_ipv4.network_address + 1
+
+    @property
+    def gateway_ipv6(self) -> ipaddress.IPv6Address:
+        """The host's IPv6 address on the node network (its first address)."""
+        return self.network_ipv6.network_address + 1
+
+    @property
+    def network_name(self) -> str:
+        """Name of the lab's libvirt network (and its bridge prefix)."""
+        return self.name
+
+    @property
+    def bridge_name(self) -> str:
+        """Linux bridge of the lab network (15 characters at most)."""
+        return f"{self.name}br0"[:15] if len(self.name) <= 12 else f"{self.name[:12]}br0"
+
+    def node(self, name: str) -> Node:
+        """The node called ``name``."""
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def domain_name(self, node: Node) -> str:
+        """libvirt domain name of ``node`` (lab prefix + node name)."""
+        return f"{self.name}_{node.name}"
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _plain(value):
+    """Turn invoke's DataProxy objects (and nested ones) into plain dicts and lists."""
+    if isinstance(value, Mapping) or hasattr(value, "_config"):
+        return {k: _plain(value[k]) for k in value}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def merged_settings(user: Optional[Mapping] = None, **overrides) -> dict:
+    """Merge :data:`DEFAULTS`, the user's settings and explicit overrides.
+
+    ``None`` in the user's settings means "not set". Unknown keys are kept so that
+    validation can report them.
+    """
+    settings = dict(DEFAULTS)
+    for source in (_plain(user or {}), overrides):
+        for key, value in source.items():
+            if value is not None:
+                settings[key] = value
+    return settings
+
+
+def load(user: Optional[Mapping] = None, **overrides) -> LabConfig:
+    """Load, default and validate the lab configuration.
+
+    ``user`` is invoke's ``c.config.lab`` (or any mapping); ``overrides`` are task flags.
+    Raises :class:`ConfigError` with every problem found.
+    """
+    return validate(merged_settings(user, **overrides))
+
+
+class _Problems(list):
+    def add(self, key, message):
+        self.append(f"lab.{key}: {message}")
+
+
+def _int(problems, raw, key, low, high):
+    value = raw.get(key)
+    if isinstance(value, bool):
+        value = None
+    elif isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+        value = int(value)
+    if not isinstance(value, int):
+        problems.add(key, f"{raw.get(key)!r} is not a whole number; set a number from {low} to {high}")
+        return None
+    if not low <= value <= high:
+        problems.add(key, f"{value} is out of range; set a number from {low} to {high}")
+        return None
+    return value
+
+
+def _network(problems, raw, key, version, hint):
+    value = raw.get(key)
+    try:
+        net = ipaddress.ip_network(str(value).strip(), strict=True)
+    except ValueError:
+        problems.add(key, f"{value!r} is not a valid CIDR; write it like {hint}")
+        return None
+    if net.version != version:
+        problems.add(key, f"{value!r} is IPv{net.version}, expected an IPv{version} CIDR like {hint}")
+        return None
+    return net
+
+
+def _address(problems, raw, key, version, hint):
+    value = raw.get(key)
+    try:
+        addr = ipaddress.ip_address(str(value).strip())
+    except ValueError:
+        problems.add(key, f"{value!r} is not a valid IP address; write it like {hint}")
+        return None
+    if addr.version != version:
+        problems.add(key, f"{value!r} is IPv{addr.version}, expected an IPv{version} address like {hint}")
+        return None
+    return addr
+
+
+def _range(problems, raw, key, version, hint):
+    value = raw.get(key)
+    parts = str(value).split("-")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        first, last = (ipaddress.ip_address(p.strip()) for p in parts)
+    except ValueError:
+        problems.add(key, f"{value!r} is not an address range; write it as first-last, like {hint}")
+        return None
+    if first.version != version or last.version != version:
+        problems.add(key, f"{value!r} must be IPv{version} at both ends, like {hint}")
+        return None
+    if first > last:
+        problems.add(key, f"{value!r} ends before it starts; write it as first-last, like {hint}")
+        return None
+    return AddressRange(first, last)
+
+
+def _pair(problems, raw, key, hint):
+    """A dual-stack pair ``<v4>,<v6>`` (either order in input; returned v4 first)."""
+    value = raw.get(key)
+    if isinstance(value, (list, tuple)):
+        parts = [str(v) for v in value]
+    else:
+        parts = [p for p in str(value).split(",")]
+    nets = []
+    for part in parts:
+        try:
+            nets.append(ipaddress.ip_network(part.strip(), strict=True))
+        except ValueError:
+            problems.add(key, f"{part.strip()!r} is not a valid CIDR; write the pair like {hint}")
+            return None
+    families = sorted(n.version for n in nets)
+    if families != [4, 6]:
+        have = ", ".join(f"IPv{v}" for v in families) or "nothing"
+        problems.add(key, f"needs exactly one IPv4 and one IPv6 CIDR (got {have}); write it like {hint}")
+        return None
+    return tuple(sorted(nets, key=lambda n: n.version))
+
+
+def _mac(index: int) -> str:
+    return "52:54:00:d5:00:%02x" % index
+
+
+def _nodes(problems, raw, net4, net6, workers):
+    """Build the node list from ``nodes`` or, when absent, from ``workers``."""
+    given = raw.get("nodes")
+    if isinstance(given, str):
+        try:
+            given = yaml.safe_load(given)
+        except yaml.YAMLError:
+            problems.add("nodes", "is not valid YAML/JSON; give a list of {name, role, ipv4, ipv6}")
+            return ()
+    if given is None:
+        if net4 is None or net6 is None or workers is None:
+            return ()
+        planned = [("k8s-master01", "control-plane", CONTROL_PLANE_HOST)]
+        planned += [(f"k8s-worker{i:02d}", "worker", FIRST_WORKER_HOST + i - 1) for i in range(1, workers + 1)]
+        return tuple(
+            Node(name, role, net4.network_address + host, net6.network_address + int(str(host), 16), _mac(i))
+            for i, (name, role, host) in enumerate(planned, start=1)
+        )
+    if not isinstance(given, list) or not given:
+        problems.add("nodes", "must be a non-empty list of {name, role, ipv4, ipv6}")
+        return ()
+    nodes = []
+    for i, entry in enumerate(given, start=1):
+        key = f"nodes[{i - 1}]"
+        if not isinstance(entry, Mapping):
+            problems.add(key, "must be a mapping with name, role, ipv4 and ipv6")
+            continue
+        unknown = sorted(set(entry) - {"name", "role", "ipv4", "ipv6"})
+        if unknown:
+            problems.add(key, f"unknown field(s) {', '.join(unknown)}; allowed: name, role, ipv4, ipv6")
+        name = str(entry.get("name", ""))
+        role = entry.get("role", "worker")
+        if not DNS_LABEL.match(name):
+            problems.add(f"{key}.name", f"{name!r} is not a DNS label; use lowercase letters, digits and '-'")
+        if role not in ROLES:
+            problems.add(f"{key}.role", f"{role!r} is unknown; use one of {', '.join(ROLES)}")
+        v4 = _address(problems, {key + ".ipv4": entry.get("ipv4")}, key + ".ipv4", 4, "192.168.200.11")
+        v6 = _address(problems, {key + ".ipv6": entry.get("ipv6")}, key + ".ipv6", 6, "fd00:db1::11")
+        if v4 is not None and v6 is not None:
+            nodes.append(Node(name, role, v4, v6, _mac(i)))
+    roles = [n.role for n in nodes]
+    if nodes and roles.count("control-plane") != 1:
+        problems.add("nodes", f"needs exactly one node with role control-plane (found {roles.count('control-plane')})")
+    if nodes and "worker" not in roles:
+        problems.add("nodes", "needs at least one node with role worker")
+    return tuple(nodes)
+
+
+def _reserved(net, address):
+    """True for the network, gateway (first host) or broadcast address of ``net``."""
+    specials = {net.network_address, net.network_address + 1}
+    if net.version == 4:
+        specials.add(net.broadcast_address)
+    return address in specials
+
+
+def validate(raw: Mapping[str, Any]) -> LabConfig:
+    """Validate merged settings and return a :class:`LabConfig`, or raise with every problem."""
+    problems = _Problems()
+    for key in sorted(set(raw) - set(DEFAULTS)):
+        close = [k for k in DEFAULTS if k.replace("_", "") == key.replace("_", "").replace("-", "")]
+        hint = f"did you mean lab.{close[0]}?" if close else "remove it; `invoke lab.config` lists the settings"
+        problems.add(key, f"unknown setting; {hint}")
+
+    name = str(raw.get("name"))
+    if not DNS_LABEL.match(name) or len(name) > NAME_MAX or "-" in name[:1]:
+        problems.add("name", f"{name!r} cannot prefix libvirt and DNS names; use 1-{NAME_MAX} lowercase letters, digits or '-'")
+
+    profile = PROFILES.get(str(raw.get("profile")))
+    if profile is None:
+        problems.add("profile", f"{raw.get('profile')!r} is unknown; use one of {', '.join(PROFILES)}")
+
+    driver = raw.get("libvirt_driver")
+    if driver not in DRIVERS:
+        problems.add("libvirt_driver", f"{driver!r} is unknown; use 'kvm' or 'qemu' (software emulation)")
+    uri = str(raw.get("libvirt_uri"))
+    if not re.match(r"^(qemu|test)(\+[a-z]+)?://[^\s]*/(system|session|default)$", uri):
+        problems.add("libvirt_uri", f"{uri!r} is not a libvirt URI; use qemu:///system or qemu+ssh://user@host/system")
+    for key in ("storage_pool", "state_dir"):
+        if not isinstance(raw.get(key), str) or not raw.get(key).strip():
+            problems.add(key, "must be a non-empty string")
+    for key in ("box", "box_url"):
+        if raw.get(key) is not None and not isinstance(raw.get(key), str):
+            problems.add(key, "must be a string")
+
+    domain = str(raw.get("domain"))
+    if not DNS_NAME.match(domain):
+        problems.add("domain", f"{domain!r} is not a DNS name; use lowercase labels separated by dots, like dslab.internal")
+
+    memory = _int(problems, raw, "memory_mb", MEMORY_MIN_MB, 1024 * 1024)
+    cpus = _int(problems, raw, "cpus", 1, CPUS_MAX)
+    workers = _int(problems, raw, "workers", 1, WORKERS_MAX)
+    mask4 = _int(problems, raw, "node_cidr_mask_ipv4", 8, 30)
+    mask6 = _int(problems, raw, "node_cidr_mask_ipv6", 64, 124)
+    timeout = _int(problems, raw, "ready_timeout", 30, 24 * 3600)
+
+    net4 = _network(problems, raw, "network_ipv4", 4, "192.168.200.0/24")
+    net6 = _network(problems, raw, "network_ipv6", 6, "fd00:db1::/64")
+    if net4 is not None and net4.prefixlen > 28:
+        problems.add("network_ipv4", f"{net4} is too small for the nodes and pools; use a /24 like 192.168.200.0/24")
+    if net6 is not None and net6.prefixlen != 64:
+        problems.add("network_ipv6", f"{net6} must be a /64 (SLAAC and DHCPv6 need it), like fd00:db1::/64")
+    if net6 is not None and not (net6.subnet_of(ipaddress.ip_network("fc00::/7"))):
+        problems.add("network_ipv6", f"{net6} is not unique-local space; use an fd00::/8 /64 like fd00:db1::/64")
+    dhcp4 = _range(problems, raw, "dhcp_ipv4_range", 4, "192.168.200.100-192.168.200.139")
+    dhcp6 = _range(problems, raw, "dhcp_ipv6_range", 6, "fd00:db1::1000-fd00:db1::10ff")
+    pods = _pair(problems, raw, "pod_subnets", "10.244.0.0/16,fd00:2::/48")
+    services = _pair(problems, raw, "service_subnets", "10.96.0.0/16,fd00:3::/112")
+    docker6 = _network(problems, raw, "docker_ipv6_cidr", 6, "fd00:1::/64")
+    lb4 = _range(problems, raw, "metallb_ipv4_range", 4, "192.168.200.240-192.168.200.250")
+    lb6 = _range(problems, raw, "metallb_ipv6_range", 6, "fd00:db1::240-fd00:db1::250")
+    ext4 = _address(problems, raw, "external_ipv4", 4, "192.168.200.145")
+    ext6 = _address(problems, raw, "external_ipv6", 6, "fd00:db1::120")
+
+    runtime = raw.get("runtime")
+    if profile is not None:
+        runtime = runtime or profile.runtimes[0]
+        if runtime not in profile.runtimes:
+            problems.add("runtime", f"{runtime!r} is not available on profile {profile.name}; use one of {', '.join(profile.runtimes)}")
+    proxy = raw.get("kube_proxy_mode")
+    if proxy not in PROXY_MODES:
+        problems.add("kube_proxy_mode", f"{proxy!r} is unknown; use 'ipvs' or 'nftables'")
+    elif proxy == "nftables" and profile is not None and profile.name != "current":
+        problems.add("kube_proxy_mode", f"nftables needs Kubernetes 1.31+; profile {profile.name} has only 'ipvs'")
+
+    nodes = _nodes(problems, raw, net4, net6, workers)
+    _check_nodes(problems, nodes, net4, net6, dhcp4, dhcp6)
+    _check_ranges(problems, net4, net6, dhcp4, dhcp6, pods, services, docker6, lb4, lb6, ext4, ext6, nodes)
+    if profile is not None and services is not None:
+        bits = 128 - services[1].prefixlen
+        if bits > profile.max_service_ipv6_bits:
+            problems.add(
+                "service_subnets",
+                f"the IPv6 range {services[1]} is too large for Kubernetes {profile.kubernetes_version} "
+                f"(at most /{128 - profile.max_service_ipv6_bits}); use e.g. fd00:3::/112",
+            )
+    if pods is not None and mask4 is not None and mask6 is not None and nodes:
+        for net, mask, key in ((pods[0], mask4, "node_cidr_mask_ipv4"), (pods[1], mask6, "node_cidr_mask_ipv6")):
+            if mask < net.prefixlen:
+                problems.add(key, f"/{mask} is larger than the pod subnet {net}; use a longer prefix than /{net.prefixlen}")
+            elif mask - net.prefixlen > 16:
+                problems.add(key, f"/{mask} splits {net} into more than 2^16 blocks; use at most /{net.prefixlen + 16}")
+            elif 2 ** (mask - net.prefixlen) < len(nodes):
+                problems.add("pod_subnets", f"{net} has room for {2 ** (mask - net.prefixlen)} blocks of /{mask}, fewer than the {len(nodes)} nodes; use a larger pod subnet")
+
+    if problems:
+        raise ConfigError(problems)
+    return LabConfig(
+        name=name,
+        profile=profile,
+        box=raw.get("box") or profile.box,
+        box_url=raw.get("box_url") if raw.get("box") else (raw.get("box_url") or profile.box_url),
+        libvirt_uri=uri,
+        libvirt_driver=driver,
+        storage_pool=raw["storage_pool"].strip(),
+        memory_mb=memory,
+        cpus=cpus,
+        state_dir=Path(raw["state_dir"]).expanduser(),
+        domain=domain,
+        nodes=nodes,
+        network_ipv4=net4,
+        network_ipv6=net6,
+        dhcp_ipv4_range=dhcp4,
+        dhcp_ipv6_range=dhcp6,
+        pod_subnets=pods,
+        service_subnets=services,
+        docker_ipv6_cidr=docker6,
+        node_cidr_mask_ipv4=mask4,
+        node_cidr_mask_ipv6=mask6,
+        metallb_ipv4_range=lb4,
+        metallb_ipv6_range=lb6,
+        external_ipv4=ext4,
+        external_ipv6=ext6,
+        runtime=runtime,
+        kube_proxy_mode=proxy,
+        ready_timeout=timeout,
+        raw=dict(raw),
+    )
+
+
+def _check_nodes(problems, nodes, net4, net6, dhcp4, dhcp6):
+    seen_names, seen_v4, seen_v6 = {}, {}, {}
+    for node in nodes:
+        for seen, value, what in ((seen_names, node.name, "name"), (seen_v4, node.ipv4, "ipv4"), (seen_v6, node.ipv6, "ipv6")):
+            if value in seen:
+                problems.add("nodes", f"{node.name} and {seen[value]} share the {what} {value}; give each node its own")
+            else:
+                seen[value] = node.name
+        for addr, net, dhcp, key in ((node.ipv4, net4, dhcp4, "network_ipv4"), (node.ipv6, net6, dhcp6, "network_ipv6")):
+            if net is None:
+                continue
+            if addr not in net:
+                problems.add("nodes", f"{node.name}'s address {addr} is outside {key} {net}; pick one inside it")
+            elif _reserved(net, addr):
+                problems.add("nodes", f"{node.name}'s address {addr} is the network, gateway or broadcast address of {net}; pick another")
+            elif dhcp is not None and addr in dhcp:
+                problems.add("nodes", f"{node.name}'s address {addr} is inside the DHCP range {dhcp}; pick one outside it")
+
+
+def _check_ranges(problems, net4, net6, dhcp4, dhcp6, pods, services, docker6, lb4, lb6, ext4, ext6, nodes):
+    # Every CIDR the lab uses must be disjoint from every other.
+    cidrs = []
+    for key, value in (("network_ipv4", net4), ("network_ipv6", net6), ("docker_ipv6_cidr", docker6)):
+        if value is not None:
+            cidrs.append((key, value))
+    for key, pair in (("pod_subnets", pods), ("service_subnets", services)):
+        if pair is not None:
+            cidrs.extend((key, net) for net in pair)
+    for i, (key_a, a) in enumerate(cidrs):
+        for key_b, b in cidrs[i + 1:]:
+            if a.version == b.version and a.overlaps(b):
+                problems.add(key_b, f"{b} overlaps lab.{key_a} {a}; choose ranges that do not overlap")
+
+    # Ranges and single addresses inside the node network.
+    spans = []
+    for key, rng, net in (("dhcp_ipv4_range", dhcp4, net4), ("dhcp_ipv6_range", dhcp6, net6),
+                          ("metallb_ipv4_range", lb4, net4), ("metallb_ipv6_range", lb6, net6)):
+        if rng is None or net is None:
+            continue
+        if not rng.within(net):
+            problems.add(key, f"{rng} is not inside the node network {net}; pick addresses inside it")
+        elif _reserved(net, rng.first) or _reserved(net, rng.last) or rng.first <= net.network_address + 1 <= rng.last:
+            problems.add(key, f"{rng} includes the network or gateway address of {net}; start after {net.network_address + 1}")
+        else:
+            spans.append((key, rng))
+    for key, addr, net in (("external_ipv4", ext4, net4), ("external_ipv6", ext6, net6)):
+        if addr is None or net is None:
+            continue
+        if addr not in net:
+            problems.add(key, f"{addr} is outside the node network {net}; pick an address inside it")
+        elif _reserved(net, addr):
+            problems.add(key, f"{addr} is the network or gateway address of {net}; pick another")
+        else:
+            spans.append((key, AddressRange(addr, addr)))
+    for i, (key_a, a) in enumerate(spans):
+        for key_b, b in spans[i + 1:]:
+            if a.overlaps(b):
+                problems.add(key_b, f"{b} overlaps lab.{key_a} {a}; choose addresses that do not overlap")
+    for key, rng in spans:
+        if key.startswith("dhcp"):
+            continue
+        for node in nodes:
+            for addr in (node.ipv4, node.ipv6):
+                if addr in rng:
+                    problems.add(key, f"{rng} contains {node.name}'s address {addr}; keep node addresses out of it")
+
+
+def describe(cfg: LabConfig) -> str:
+    """A JSON document of the effective settings (for ``invoke lab.config``)."""
+    out = {}
+    for key in DEFAULTS:
+        value = getattr(cfg, key, cfg.raw.get(key))
+        if key == "profile":
+            value = cfg.profile.name
+        elif key == "workers":
+            value = len(cfg.workers)
+        elif key == "nodes":
+            value = [{"name": n.name, "role": n.role, "ipv4": str(n.ipv4), "ipv6": str(n.ipv6)} for n in cfg.nodes]
+        elif isinstance(value, tuple):
+            value = ",".join(str(v) for v in value)
+        elif value is not None and not isinstance(value, (int, str)):
+            value = str(value)
+        out[key] = value
+    return json.dumps(out, indent=2)

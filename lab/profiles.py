@@ -1,0 +1,105 @@
+"""Version pins of each profile, in one place.
+
+A profile is the set of versions the lab installs. ``seed-2020`` is the recipe as it
+was written in January 2020 (CentOS 7, Docker 19.03.5, Kubernetes 1.17.2, Calico 3.11)
+with only the changes needed for it to still install; ``current`` is the same recipe on
+today's supported versions. The profile fills every setting the user did not set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
+
+
+@dataclass(frozen=True)
+class Download:
+    """A file fetched on a node and checked against a pinned sha256 before use."""
+
+    url: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything a profile pins. Fields are read by rendering and provisioning."""
+
+    name: str
+    description: str
+    box: str
+    box_url: Optional[str]
+    kubernetes_version: str  # full version, without the leading "v"
+    kubeadm_api_version: str  # kubeadm.k8s.io/<this>
+    dual_stack_feature_gate: bool  # IPv6DualStack gate needed (before 1.23)
+    kubelet_node_ip_dual: bool  # kubelet --node-ip accepts "<v4>,<v6>" (1.20+)
+    max_service_ipv6_bits: int  # host bits of the IPv6 service range the apiserver accepts
+    runtimes: tuple  # container runtimes this profile supports, first is the default
+    docker_version: Optional[str]  # None: the newest docker-ce of the repository
+    calico_version: str
+    calico_manifest: Download
+    metallb_version: str
+    metallb_manifests: tuple  # Download, in apply order
+    nginx_image: str
+    kubernetes_binaries: Mapping[str, Download] = field(default_factory=dict)
+    cri_dockerd: Optional[Download] = None
+    kubernetes_schema_version: str = ""  # schema used to validate rendered objects
+
+    @property
+    def kubernetes_minor(self) -> str:
+        """``1.36`` for ``1.36.1``."""
+        return ".".join(self.kubernetes_version.split(".")[:2])
+
+
+CURRENT = Profile(
+    name="current",
+    description="CentOS Stream 9, docker-ce with cri-dockerd, Kubernetes 1.36, Calico 3.31, MetalLB 0.15",
+    box="centos-stream-9",
+    box_url=(
+        "https://cloud.centos.org/centos/9-stream/x86_64/images/"
+        "CentOS-Stream-Vagrant-9-latest.x86_64.vagrant-libvirt.box"
+    ),
+    kubernetes_version="1.36.0",
+    kubeadm_api_version="v1beta4",
+    dual_stack_feature_gate=False,
+    kubelet_node_ip_dual=True,
+    max_service_ipv6_bits=20,
+    runtimes=("docker", "containerd"),
+    docker_version=None,
+    calico_version="3.31.0",
+    calico_manifest=Download(
+        url="https://raw.githubusercontent.com/projectcalico/calico/v3.31.0/manifests/calico.yaml",
+        sha256="",
+    ),
+    metallb_version="0.15.2",
+    metallb_manifests=(
+        Download(
+            url="https://raw.githubusercontent.com/metallb/metallb/v0.15.2/config/manifests/metallb-native.yaml",
+            sha256="",
+        ),
+    ),
+    nginx_image="docker.io/library/nginx:1.29",
+    kubernetes_schema_version="1.36",
+)
+
+SEED_2020 = Profile(
+    name="seed-2020",
+    description="CentOS 7 (vault), Docker 19.03.5, Kubernetes 1.17.2, Calico 3.11, MetalLB 0.9",
+    box="centos/7",
+    box_url=None,
+    kubernetes_version="1.17.2",
+    kubeadm_api_version="v1beta2",
+    dual_stack_feature_gate=True,
+    kubelet_node_ip_dual=False,
+    max_service_ipv6_bits=20,
+    runtimes=("docker",),
+    docker_version="19.03.5",
+    calico_version="3.11.3",
+    calico_manifest=Download(url="", sha256=""),
+    metallb_version="0.9.6",
+    metallb_manifests=(),
+    nginx_image="docker.io/library/nginx:1.17",
+    kubernetes_schema_version="1.17",
+)
+
+PROFILES = {p.name: p for p in (CURRENT, SEED_2020)}
+DEFAULT_PROFILE = CURRENT.name
