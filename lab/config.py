@@ -8,6 +8,8 @@ one :class:`~lab.errors.ConfigError` listing *every* problem, one line each.
 
 from __future__ import annotations
 
+import difflib
+import hashlib
 import ipaddress
 import json
 import re
@@ -221,9 +223,14 @@ class LabConfig:
                 return n
         raise KeyError(name)
 
+    @property
+    def domain_prefix(self) -> str:
+        """Prefix of every libvirt domain and volume of the lab."""
+        return f"{self.name}_"
+
     def domain_name(self, node: Node) -> str:
         """libvirt domain name of ``node`` (lab prefix + node name)."""
-        return f"{self.name}_{node.name}"
+        return f"{self.domain_prefix}{node.name}"
 
 
 # --------------------------------------------------------------------------- loading
@@ -348,12 +355,15 @@ def _pair(problems, raw, key, hint):
     return tuple(sorted(nets, key=lambda n: n.version))
 
 
-def _mac(index: int) -> str:
-    return "52:54:00:d5:00:%02x" % index
+def _mac(lab: str, index: int) -> str:
+    """A stable locally administered MAC per lab and node (QEMU's 52:54:00 prefix)."""
+    digest = hashlib.sha256(lab.encode()).digest()
+    return "52:54:00:%02x:%02x:%02x" % (digest[0], digest[1], index)
 
 
 def _nodes(problems, raw, net4, net6, workers):
     """Build the node list from ``nodes`` or, when absent, from ``workers``."""
+    lab = str(raw.get("name"))
     given = raw.get("nodes")
     if isinstance(given, str):
         try:
@@ -367,7 +377,7 @@ def _nodes(problems, raw, net4, net6, workers):
         planned = [("k8s-master01", "control-plane", CONTROL_PLANE_HOST)]
         planned += [(f"k8s-worker{i:02d}", "worker", FIRST_WORKER_HOST + i - 1) for i in range(1, workers + 1)]
         return tuple(
-            Node(name, role, net4.network_address + host, net6.network_address + int(str(host), 16), _mac(i))
+            Node(name, role, net4.network_address + host, net6.network_address + int(str(host), 16), _mac(lab, i))
             for i, (name, role, host) in enumerate(planned, start=1)
         )
     if not isinstance(given, list) or not given:
@@ -391,7 +401,7 @@ def _nodes(problems, raw, net4, net6, workers):
         v4 = _address(problems, {key + ".ipv4": entry.get("ipv4")}, key + ".ipv4", 4, "192.168.200.11")
         v6 = _address(problems, {key + ".ipv6": entry.get("ipv6")}, key + ".ipv6", 6, "fd00:db1::11")
         if v4 is not None and v6 is not None:
-            nodes.append(Node(name, role, v4, v6, _mac(i)))
+            nodes.append(Node(name, role, v4, v6, _mac(lab, i)))
     roles = [n.role for n in nodes]
     if nodes and roles.count("control-plane") != 1:
         problems.add("nodes", f"needs exactly one node with role control-plane (found {roles.count('control-plane')})")
@@ -412,7 +422,7 @@ def validate(raw: Mapping[str, Any]) -> LabConfig:
     """Validate merged settings and return a :class:`LabConfig`, or raise with every problem."""
     problems = _Problems()
     for key in sorted(set(raw) - set(DEFAULTS)):
-        close = [k for k in DEFAULTS if k.replace("_", "") == key.replace("_", "").replace("-", "")]
+        close = difflib.get_close_matches(str(key).replace("-", "_"), list(DEFAULTS), n=1, cutoff=0.75)
         hint = f"did you mean lab.{close[0]}?" if close else "remove it; `invoke lab.config` lists the settings"
         problems.add(key, f"unknown setting; {hint}")
 

@@ -1,0 +1,147 @@
+"""The cluster steps of ``lab.up``: node preparation to kubeconfig, as the recipe does them.
+
+Each step runs the matching script of ``provision/`` on the nodes (in parallel where the
+recipe allows), with the node's rendered inputs; the scripts check before they act, so a
+step can always be run again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterable
+
+from . import calico, kubeadm, nodeenv
+from .config import Node
+from .context import Context
+from .errors import StepError
+from .render import PROVISION_DIR, bootstrap_token
+
+REMOTE_DIR = "/opt/dslab"
+REMOTE_ENV = f"{REMOTE_DIR}/node.env"
+REMOTE_KUBEADM = f"{REMOTE_DIR}/kubeadm-config.yaml"
+REMOTE_JOIN = f"{REMOTE_DIR}/kubeadm-join.yaml"
+REMOTE_CALICO_UPSTREAM = f"{REMOTE_DIR}/calico-upstream.yaml"
+REMOTE_CALICO = f"{REMOTE_DIR}/calico.yaml"
+ADMIN_CONF = "/etc/kubernetes/admin.conf"
+CA_CERT = "/etc/kubernetes/pki/ca.crt"
+KUBECONFIG_MODE = 0o600
+
+
+def on_nodes(nodes: Iterable[Node], action: Callable[[Node], None]) -> None:
+    """Run ``action`` for every node in parallel; raise the first failure after all finished."""
+    nodes = list(nodes)
+    with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
+        futures = [pool.submit(action, node) for node in nodes]
+    for future in futures:
+        future.result()
+
+
+def upload_inputs(ctx: Context, node: Node) -> None:
+    """Copy ``provision/`` and the node's env file to the node."""
+    ctx.runner.put_tree(node.name, PROVISION_DIR, f"{REMOTE_DIR}/provision")
+    ctx.runner.put_text(node.name, nodeenv.env_file_text(nodeenv.node_env(ctx.cfg, node)), REMOTE_ENV)
+
+
+def run_script(ctx: Context, node: Node, script: str) -> None:
+    """Upload the inputs and run ``provision/<script>`` on ``node``."""
+    upload_inputs(ctx, node)
+    ctx.runner.run(node.name, ["bash", f"{REMOTE_DIR}/provision/{script}", REMOTE_ENV])
+
+
+def script_step(script: str, nodes: Callable[[Context], Iterable[Node]] = lambda ctx: ctx.cfg.nodes):
+    """A step that runs ``script`` on every node of ``nodes(ctx)`` in parallel."""
+    def step(ctx: Context) -> None:
+        on_nodes(nodes(ctx), lambda node: run_script(ctx, node, script))
+    return step
+
+
+prepare = script_step("prepare.sh")
+runtime = script_step("runtime.sh")
+kubernetes = script_step("kubernetes.sh")
+
+
+def control_plane(ctx: Context) -> None:
+    """``kubeadm config images pull`` and ``kubeadm init`` with the rendered config."""
+    node = ctx.cfg.control_plane
+    upload_inputs(ctx, node)
+    ctx.runner.put_text(node.name, kubeadm.render_init(ctx.cfg, bootstrap_token(ctx.state)), REMOTE_KUBEADM, "0600")
+    ctx.runner.run(node.name, ["bash", f"{REMOTE_DIR}/provision/control-plane.sh", REMOTE_ENV])
+    pem = ctx.runner.run(node.name, ["cat", CA_CERT]).stdout.encode()
+    ctx.state.set("ca_cert_hash", kubeadm.ca_cert_hash(pem))
+
+
+def cni(ctx: Context) -> None:
+    """Fetch the pinned Calico manifest on the control plane, edit it for dual-stack, apply it."""
+    node = ctx.cfg.control_plane.name
+    pin = ctx.cfg.profile.calico_manifest
+    if not pin.url or not pin.sha256:
+        raise StepError("cni", f"profile {ctx.cfg.profile.name} has no pinned Calico manifest with a sha256")
+    ctx.runner.run(node, ["bash", f"{REMOTE_DIR}/provision/fetch.sh", pin.url, pin.sha256, REMOTE_CALICO_UPSTREAM])
+    upstream = ctx.runner.run(node, ["cat", REMOTE_CALICO_UPSTREAM]).stdout
+    edited = calico.edit_manifest(upstream, ctx.cfg)
+    digest = hashlib.sha256(edited.encode()).hexdigest()
+    present = ctx.kubectl(["-n", "kube-system", "get", "daemonset", "calico-node", "-o", "name"], check=False).ok
+    if not present or ctx.state.get("calico_applied") != digest:
+        ctx.runner.put_text(node, edited, REMOTE_CALICO)
+        ctx.kubectl(["apply", "-f", REMOTE_CALICO])
+        ctx.state.set("calico_applied", digest)
+    wait_rollout(ctx, "kube-system", "daemonset/calico-node")
+
+
+def wait_rollout(ctx: Context, namespace: str, what: str) -> None:
+    """Wait until ``what`` is rolled out, or fail naming it."""
+    result = ctx.kubectl(["-n", namespace, "rollout", "status", what, f"--timeout={ctx.cfg.ready_timeout}s"],
+                         check=False, timeout=ctx.cfg.ready_timeout + 60)
+    if not result.ok:
+        raise StepError("wait", f"{namespace}/{what} is not ready after {ctx.cfg.ready_timeout} s: "
+                        f"{(result.stderr or result.stdout).strip()[-200:]}", ctx.log_path)
+
+
+def ensure_token(ctx: Context) -> str:
+    """The bootstrap token, re-created on the control plane if it expired."""
+    token = bootstrap_token(ctx.state)
+    listed = ctx.runner.run(ctx.cfg.control_plane.name, ["kubeadm", "token", "list", "-o", "jsonpath={.token}{\"\\n\"}"],
+                            check=False).stdout
+    if token not in listed.split():
+        ctx.runner.run(ctx.cfg.control_plane.name, ["kubeadm", "token", "create", token, "--ttl", kubeadm.TOKEN_TTL])
+    return token
+
+
+def join(ctx: Context) -> None:
+    """Workers join in parallel (CA pinned); then every node must become Ready."""
+    ca_hash = ctx.state.get("ca_cert_hash")
+    if not ca_hash:
+        raise StepError("join", "the CA certificate hash is unknown; run `invoke lab.up` from control-plane")
+    token = ensure_token(ctx)
+
+    def join_one(node: Node) -> None:
+        upload_inputs(ctx, node)
+        ctx.runner.put_text(node.name, kubeadm.render_join(ctx.cfg, node, token, ca_hash), REMOTE_JOIN, "0600")
+        ctx.runner.run(node.name, ["bash", f"{REMOTE_DIR}/provision/join.sh", REMOTE_ENV])
+
+    on_nodes(ctx.cfg.workers, join_one)
+    for node in ctx.cfg.nodes:
+        result = ctx.kubectl(["wait", "--for=condition=Ready", f"node/{node.name}",
+                              f"--timeout={ctx.cfg.ready_timeout}s"], check=False, timeout=ctx.cfg.ready_timeout + 60)
+        if not result.ok:
+            raise StepError("join", f"node {node.name} is not Ready after {ctx.cfg.ready_timeout} s "
+                            f"(on the node: journalctl -u kubelet)", ctx.log_path)
+
+
+def kubeconfig_path(ctx: Context) -> Path:
+    """Where the admin kubeconfig is kept on the host."""
+    return ctx.state_dir / "kubeconfig"
+
+
+def fetch_kubeconfig(ctx: Context) -> None:
+    """Copy the admin kubeconfig to the state directory, mode 0600."""
+    text = ctx.runner.run(ctx.cfg.control_plane.name, ["cat", ADMIN_CONF]).stdout
+    path = kubeconfig_path(ctx)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, KUBECONFIG_MODE)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(path, KUBECONFIG_MODE)

@@ -1,0 +1,214 @@
+"""The lab's libvirt network: one dual-stack NAT network with DNS records for every node.
+
+vagrant-libvirt's own network template has no DNS host records and gives guests no
+planned IPv6, so the lab defines its network itself and vagrant-libvirt attaches every
+machine to it as its management network (found by name and address). The network is
+built as XML with ElementTree; it is named after the lab, so destroy can find it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+import xml.etree.ElementTree as ET
+from typing import Iterable, List
+
+from .config import LabConfig
+from .errors import LabError, PreflightError
+
+
+def network_xml(cfg: LabConfig) -> str:
+    """The libvirt network XML of the lab (a string, pretty-printed)."""
+    net = ET.Element("network")
+    ET.SubElement(net, "name").text = cfg.network_name
+    forward = ET.SubElement(net, "forward", mode="nat")
+    ET.SubElement(forward, "nat", ipv6="yes")
+    ET.SubElement(net, "bridge", name=cfg.bridge_name, stp="on", delay="0")
+    ET.SubElement(net, "domain", name=cfg.domain, localOnly="yes")
+
+    dns = ET.SubElement(net, "dns")
+    for family in ("ipv4", "ipv6"):
+        for node in cfg.nodes:
+            host = ET.SubElement(dns, "host", ip=str(getattr(node, family)))
+            ET.SubElement(host, "hostname").text = node.name
+            ET.SubElement(host, "hostname").text = node.fqdn(cfg.domain)
+
+    ip4 = ET.SubElement(net, "ip", address=str(cfg.gateway_ipv4), netmask=str(cfg.network_ipv4.netmask))
+    dhcp4 = ET.SubElement(ip4, "dhcp")
+    ET.SubElement(dhcp4, "range", start=str(cfg.dhcp_ipv4_range.first), end=str(cfg.dhcp_ipv4_range.last))
+    for node in cfg.nodes:
+        ET.SubElement(dhcp4, "host", mac=node.mac, name=node.name, ip=str(node.ipv4))
+
+    # A DHCPv6 range makes dnsmasq advertise the prefix as "managed" without SLAAC, so
+    # guests carry only their planned static IPv6 address on this network.
+    ip6 = ET.SubElement(net, "ip", family="ipv6", address=str(cfg.gateway_ipv6),
+                        prefix=str(cfg.network_ipv6.prefixlen))
+    dhcp6 = ET.SubElement(ip6, "dhcp")
+    ET.SubElement(dhcp6, "range", start=str(cfg.dhcp_ipv6_range.first), end=str(cfg.dhcp_ipv6_range.last))
+
+    ET.indent(net)
+    return ET.tostring(net, encoding="unicode") + "\n"
+
+
+def _libvirt():
+    try:
+        import libvirt  # noqa: PLC0415 - optional at import time so rendering works without it
+    except ImportError as exc:  # pragma: no cover - depends on the host
+        raise LabError("libvirt-python is not installed; run: pip install -e .") from exc
+    return libvirt
+
+
+def connect(uri: str):
+    """Open a libvirt connection, or raise a one-line :class:`PreflightError`."""
+    libvirt = _libvirt()
+    try:
+        return libvirt.open(uri)
+    except libvirt.libvirtError as exc:
+        raise PreflightError([f"lab.libvirt_uri: cannot connect to {uri}: {exc.get_error_message()}; "
+                              "is libvirtd running and are you allowed to use it?"]) from exc
+
+
+def _lookup(conn, name):
+    libvirt = _libvirt()
+    try:
+        return conn.networkLookupByName(name)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_NETWORK:
+            return None
+        raise
+
+
+def _canonical(xml: str) -> str:
+    """The parts of a network definition the lab controls, for comparison."""
+    root = ET.fromstring(xml)
+    for tag in ("uuid", "mac"):
+        for el in root.findall(tag):
+            root.remove(el)
+    forward = root.find("forward")
+    if forward is not None:
+        for child in list(forward):
+            if child.tag != "nat":
+                forward.remove(child)
+        nat = forward.find("nat")
+        if nat is not None:
+            for child in list(nat):
+                nat.remove(child)
+    for el in root.iter():
+        el.text = (el.text or "").strip() or None
+        el.tail = None
+    bridge = root.find("bridge")
+    if bridge is not None:
+        bridge.attrib = {"name": bridge.get("name")}
+    return ET.tostring(root, encoding="unicode")
+
+
+def ensure_network(cfg: LabConfig, conn) -> str:
+    """Define and start the lab network; return what was done.
+
+    An existing network of the same name and definition is kept (and started). One
+    with a different definition is replaced only when no running machine uses it.
+    """
+    libvirt = _libvirt()
+    wanted = network_xml(cfg)
+    net = _lookup(conn, cfg.network_name)
+    action = "kept"
+    if net is not None and _canonical(net.XMLDesc(0)) != _canonical(wanted):
+        if net.isActive() and _attached_domains(conn, cfg.network_name):
+            raise LabError(f"network {cfg.network_name} exists with other settings and machines use it; "
+                           "run `invoke lab.destroy` first")
+        if net.isActive():
+            net.destroy()
+        net.undefine()
+        net, action = None, "replaced"
+    if net is None:
+        try:
+            net = conn.networkDefineXML(wanted)
+        except libvirt.libvirtError as exc:
+            raise LabError(f"libvirt refused the network of lab {cfg.name}: {exc.get_error_message()}") from exc
+        action = "defined" if action == "kept" else action
+    if not net.isActive():
+        try:
+            net.create()
+        except libvirt.libvirtError as exc:
+            raise LabError(f"cannot start network {cfg.network_name}: {exc.get_error_message()}") from exc
+    net.setAutostart(True)
+    return action
+
+
+def _attached_domains(conn, network_name: str) -> List[str]:
+    names = []
+    for dom in conn.listAllDomains(0):
+        root = ET.fromstring(dom.XMLDesc(0))
+        for source in root.findall("./devices/interface/source"):
+            if source.get("network") == network_name:
+                names.append(dom.name())
+    return names
+
+
+def delete_network(cfg: LabConfig, conn) -> bool:
+    """Stop and undefine the lab network; False when there was none."""
+    net = _lookup(conn, cfg.network_name)
+    if net is None:
+        return False
+    if net.isActive():
+        net.destroy()
+    net.undefine()
+    return True
+
+
+def network_ranges(conn) -> List[tuple]:
+    """(name, network) for every address of every libvirt network on that connection."""
+    found = []
+    for net in conn.listAllNetworks(0):
+        root = ET.fromstring(net.XMLDesc(0))
+        for ip in root.findall("ip"):
+            address = ip.get("address")
+            if not address:
+                continue
+            prefix = ip.get("prefix") or ip.get("netmask") or ("64" if ip.get("family") == "ipv6" else "24")
+            found.append((net.name(), ipaddress.ip_network(f"{address}/{prefix}", strict=False)))
+    return found
+
+
+def host_ranges() -> List[tuple]:
+    """(where, network) for every address and route on this host (``ip -j``)."""
+    found = []
+    for args, kind in ((["ip", "-j", "addr", "show"], "address"), (["ip", "-j", "route", "show", "table", "all"], "route")):
+        for family in ("-4", "-6"):
+            try:
+                out = subprocess.run([args[0], family, *args[1:]], capture_output=True, text=True, check=True).stdout
+            except (OSError, subprocess.CalledProcessError):
+                continue
+            for entry in json.loads(out or "[]"):
+                if kind == "address":
+                    for info in entry.get("addr_info", []):
+                        net = ipaddress.ip_network(f"{info['local']}/{info['prefixlen']}", strict=False)
+                        found.append((f"address on {entry.get('ifname')}", net))
+                else:
+                    dst = entry.get("dst")
+                    if not dst or dst == "default" or entry.get("type") in ("local", "broadcast", "multicast", "anycast"):
+                        continue
+                    try:
+                        net = ipaddress.ip_network(dst if "/" in dst else f"{dst}/{32 if ':' not in dst else 128}", strict=False)
+                    except ValueError:
+                        continue
+                    if net.is_link_local or net.is_multicast or net.is_loopback:
+                        continue
+                    found.append((f"route via {entry.get('dev')}", net))
+    return found
+
+
+def clashes(cfg: LabConfig, taken: Iterable[tuple], own_bridge: str = None) -> List[str]:
+    """Lines naming every lab range that overlaps something already in use."""
+    ours = [("network_ipv4", cfg.network_ipv4), ("network_ipv6", cfg.network_ipv6),
+            ("pod_subnets", cfg.pod_subnets[0]), ("pod_subnets", cfg.pod_subnets[1]),
+            ("service_subnets", cfg.service_subnets[0]), ("service_subnets", cfg.service_subnets[1])]
+    problems = []
+    for where, net in taken:
+        if own_bridge and (where.endswith(f" {own_bridge}") or where == cfg.network_name):
+            continue
+        for key, mine in ours:
+            if mine.version == net.version and mine.overlaps(net) and not net.prefixlen == 0:
+                problems.append(f"lab.{key}: {mine} overlaps {net} ({where}); choose a free range")
+    return sorted(set(problems))

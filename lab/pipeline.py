@@ -1,0 +1,221 @@
+"""``lab.up`` as data: an ordered list of named steps, each printing one status line.
+
+What is done is recorded in the lab's state with a fingerprint of everything the step
+depends on (rendered files and provisioning scripts), so a second ``lab.up`` on a
+healthy lab skips every step, and a failed one resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, List, Optional, TextIO
+
+from . import cluster, machines, network, preflight, render, workloads
+from .config import LabConfig
+from .context import Context, State
+from .errors import LabError, StepError
+from .remote import SshRunner
+
+LOG_DIR = "logs"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One named step of ``lab.up``."""
+
+    name: str
+    help: str
+    run: Callable[["UpRun"], None]
+    remembered: bool = True  # skipped when recorded as done with the same fingerprint
+
+
+class Status:
+    """One status line per step on a stream; colour only on a terminal."""
+
+    MARKS = {"ok": ("✓", "32"), "fail": ("✗", "31"), "skip": ("•", "2"), "warn": ("!", "33")}
+
+    def __init__(self, stream: TextIO = None):
+        self.stream = stream or sys.stderr
+        self.colour = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def line(self, kind: str, text: str) -> None:
+        """Print ``text`` behind the mark of ``kind``."""
+        mark, code = self.MARKS[kind]
+        if self.colour:
+            mark = f"\033[{code}m{mark}\033[0m"
+        print(f"{mark} {text}", file=self.stream, flush=True)
+
+
+class UpRun:
+    """State of one ``lab.up`` run, handed to every step."""
+
+    def __init__(self, cfg: LabConfig, status: Status):
+        self.cfg = cfg
+        self.status = status
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state = State(cfg.state_dir / "state.json")
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        self.log_path = cfg.state_dir / LOG_DIR / f"up-{stamp}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._ctx: Optional[Context] = None
+
+    def log(self, text: str) -> None:
+        """Append a line to this run's log."""
+        with open(self.log_path, "a", encoding="utf-8") as handle:
+            handle.write(text.rstrip("\n") + "\n")
+
+    def context(self, step: str) -> Context:
+        """The step context, with an ssh runner on the machines (needs the machines step)."""
+        ssh_config = self.cfg.state_dir / "ssh_config"
+        if not ssh_config.exists():
+            machines.ssh_config(self.cfg, self.log_path)
+        runner = SshRunner(ssh_config, self.log_path, step)
+        return Context(self.cfg, self.state, runner, self.log_path)
+
+
+# ---------------------------------------------------------------- the steps
+
+
+def _preflight(run: UpRun) -> None:
+    cfg, warnings = preflight.check(run.cfg)
+    for warning in warnings:
+        run.status.line("warn", warning)
+    run.cfg = cfg
+
+
+def _network(run: UpRun) -> None:
+    conn = network.connect(run.cfg.libvirt_uri)
+    try:
+        action = network.ensure_network(run.cfg, conn)
+    finally:
+        conn.close()
+    run.log(f"network {run.cfg.network_name}: {action}")
+
+
+def _render(run: UpRun) -> None:
+    render.render_all(run.cfg, run.cfg.state_dir)
+
+
+def _machines(run: UpRun) -> None:
+    conn = network.connect(run.cfg.libvirt_uri)
+    try:
+        running = machines.domains_running(run.cfg, conn)
+    finally:
+        conn.close()
+    if len(running) < len(run.cfg.nodes) or not (run.cfg.state_dir / "ssh_config").exists():
+        # New or restarted machines: what later steps did may be gone with them.
+        forget_after(run.state, "prepare")
+        machines.up(run.cfg, run.log_path)
+        machines.ssh_config(run.cfg, run.log_path)
+
+
+def _on_context(function, name):
+    def step(run: UpRun) -> None:
+        function(run.context(name))
+    return step
+
+
+STEPS: List[Step] = [
+    Step("preflight", "check vagrant, vagrant-libvirt, libvirt, storage pool, KVM, memory, free subnets",
+         _preflight, remembered=False),
+    Step("network", "define and start the lab's dual-stack libvirt network with node DNS records",
+         _network, remembered=False),
+    Step("render", "render the Vagrantfile, kubeadm config, node inputs and manifests", _render, remembered=False),
+    Step("machines", "vagrant up every node; planned IPv4 and IPv6, names in both families", _machines,
+         remembered=False),
+    Step("prepare", "swap off, SELinux permissive, firewalld off, kernel modules, sysctls, ipset/ipvsadm",
+         _on_context(cluster.prepare, "prepare")),
+    Step("runtime", "Docker with IPv6 (daemon.json as the recipe), cri-dockerd --ipv6-dual-stack or containerd",
+         _on_context(cluster.runtime, "runtime")),
+    Step("kubernetes", "kubeadm, kubelet and kubectl of the profile's version; kubelet enabled",
+         _on_context(cluster.kubernetes, "kubernetes")),
+    Step("control-plane", "kubeadm config images pull; kubeadm init with the dual-stack config",
+         _on_context(cluster.control_plane, "control-plane")),
+    Step("cni", "Calico with IPv4 and IPv6 pools, autodetecting the lab network in both families",
+         _on_context(cluster.cni, "cni")),
+    Step("join", "workers join (CA pinned); wait until every node is Ready", _on_context(cluster.join, "join")),
+    Step("kubeconfig", "copy the admin kubeconfig to the state directory (0600)",
+         _on_context(cluster.fetch_kubeconfig, "kubeconfig")),
+    Step("metallb", "MetalLB in layer 2 mode with an address pool per family",
+         _on_context(workloads.deploy_metallb, "metallb")),
+    Step("workloads", "nginx on IPv4 and IPv6, the recipe's Services and the dual-stack LoadBalancer",
+         _on_context(workloads.deploy_workloads, "workloads")),
+]
+STEP_NAMES = [step.name for step in STEPS]
+
+
+def fingerprint(cfg: LabConfig) -> str:
+    """A digest of everything the remembered steps depend on."""
+    digest = hashlib.sha256()
+    for rel in sorted(p for p in cfg.state_dir.rglob("*") if p.is_file() and _is_input(cfg, p)):
+        digest.update(str(rel.relative_to(cfg.state_dir)).encode())
+        digest.update(rel.read_bytes())
+    for script in sorted(render.PROVISION_DIR.glob("*.sh")):
+        digest.update(script.name.encode())
+        digest.update(script.read_bytes())
+    return digest.hexdigest()
+
+
+def _is_input(cfg: LabConfig, path: Path) -> bool:
+    rel = path.relative_to(cfg.state_dir)
+    if rel.name.endswith("-join.yaml"):  # appears once the CA exists; not an input of any step
+        return False
+    return rel.parts[0] in ("nodes", "manifests") or rel.name in ("Vagrantfile", "network.xml", "kubeadm-config.yaml")
+
+
+def up(cfg: LabConfig, until: Optional[str] = None, status: Optional[Status] = None) -> Path:
+    """Run the steps in order, up to and including ``until``; return the log path.
+
+    Raises :class:`~lab.errors.StepError` (with the log path) on the first failure; what
+    was done stays recorded, so the next run resumes.
+    """
+    if until is not None and until not in STEP_NAMES:
+        raise LabError(f"--until: unknown step {until!r}; steps are: {', '.join(STEP_NAMES)}")
+    status = status or Status()
+    run = UpRun(cfg, status)
+    for step in STEPS:
+        started = time.monotonic()
+        done = run.state.get("steps", {})
+        if step.remembered and done.get(step.name) == fingerprint(run.cfg) and _alive(run):
+            status.line("skip", f"{step.name}: already done")
+        else:
+            run.log(f"=== {step.name} ===")
+            try:
+                step.run(run)
+            except StepError as exc:
+                exc.log = exc.log or run.log_path
+                status.line("fail", f"{step.name}: {exc.reason} (log: {exc.log})")
+                raise
+            except LabError as exc:
+                status.line("fail", f"{step.name}: {exc}")
+                raise StepError(step.name, str(exc), run.log_path) from exc
+            if step.remembered:
+                done[step.name] = fingerprint(run.cfg)
+                run.state.set("steps", done)
+            status.line("ok", f"{step.name} ({time.monotonic() - started:.0f} s)")
+        if step.name == until:
+            break
+    return run.log_path
+
+
+def _alive(run: UpRun) -> bool:
+    if not hasattr(run, "_alive"):
+        conn = network.connect(run.cfg.libvirt_uri)
+        try:
+            run._alive = len(machines.domains_running(run.cfg, conn)) == len(run.cfg.nodes)
+        finally:
+            conn.close()
+    return run._alive
+
+
+def forget_after(state: State, step: str) -> None:
+    """Forget that ``step`` and every later step were done (new machines start from scratch)."""
+    done = dict(state.get("steps", {}))
+    for name in STEP_NAMES[STEP_NAMES.index(step):]:
+        done.pop(name, None)
+    state.set("steps", done)

@@ -1,0 +1,92 @@
+"""Checks made before ``lab.up`` creates anything; every problem is reported at once."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from typing import List, Tuple
+
+from . import machines, network
+from .config import LabConfig
+from .errors import PreflightError
+
+MIB = 1024 * 1024
+#: Memory the host keeps for itself beyond the machines, MiB.
+HOST_RESERVE_MB = 512
+
+
+def is_local(uri: str) -> bool:
+    """True when ``uri`` names libvirt on this host."""
+    return "://" in uri and uri.split("://", 1)[1].startswith("/")
+
+
+def kvm_available(conn) -> bool:
+    """True when libvirt on that connection offers the ``kvm`` domain type for x86_64."""
+    caps = ET.fromstring(conn.getCapabilities())
+    for guest in caps.findall("guest"):
+        arch = guest.find("arch")
+        if arch is not None and arch.get("name") == "x86_64":
+            if any(d.get("type") == "kvm" for d in arch.findall("domain")):
+                return True
+    return False
+
+
+def vagrant_plugins() -> str:
+    """Output of ``vagrant plugin list`` ('' when it fails)."""
+    try:
+        return subprocess.run(["vagrant", "plugin", "list"], capture_output=True, text=True, timeout=120,
+                              env=machines.vagrant_env()).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def check(cfg: LabConfig) -> Tuple[LabConfig, List[str]]:
+    """Check the host; return the config to use and warnings, or raise with every problem.
+
+    When ``kvm`` is asked for but libvirt cannot offer it, the lab falls back to the
+    ``qemu`` driver (software emulation) with a warning.
+    """
+    problems, warnings = [], []
+    if shutil.which("vagrant") is None:
+        problems.append("vagrant: not found on PATH; install it (Debian/Ubuntu: apt-get install vagrant)")
+    elif "vagrant-libvirt" not in vagrant_plugins():
+        problems.append("vagrant-libvirt: plugin missing; install it (apt-get install vagrant-libvirt, "
+                        "or vagrant plugin install vagrant-libvirt)")
+    try:
+        conn = network.connect(cfg.libvirt_uri)
+    except PreflightError as exc:
+        raise PreflightError(problems + exc.problems) from None
+    try:
+        import libvirt  # noqa: PLC0415
+
+        try:
+            pool = conn.storagePoolLookupByName(cfg.storage_pool)
+            if not pool.isActive():
+                problems.append(f"lab.storage_pool: pool {cfg.storage_pool!r} is not active; "
+                                f"start it with: virsh pool-start {cfg.storage_pool}")
+        except libvirt.libvirtError:
+            problems.append(f"lab.storage_pool: no pool {cfg.storage_pool!r} at {cfg.libvirt_uri}; create it "
+                            f"(virsh pool-define-as {cfg.storage_pool} dir --target /var/lib/libvirt/images "
+                            f"&& virsh pool-start {cfg.storage_pool}) or set lab.storage_pool")
+        if cfg.libvirt_driver == "kvm" and not kvm_available(conn):
+            warnings.append("lab.libvirt_driver: KVM is not usable here; using 'qemu' (software emulation, slow)")
+            cfg = dataclasses.replace(cfg, libvirt_driver="qemu")
+        running = set(machines.domains_running(cfg, conn))
+        needed_mb = cfg.memory_mb * len([n for n in cfg.nodes if n.name not in running])
+        free_mb = conn.getFreeMemory() // MIB
+        if needed_mb and free_mb < needed_mb + HOST_RESERVE_MB:
+            problems.append(f"lab.memory_mb: the machines need {needed_mb} MiB but the host has {free_mb} MiB free; "
+                            "lower lab.memory_mb or lab.workers, or free memory")
+        taken = [(f"libvirt network {name}", net) for name, net in network.network_ranges(conn)
+                 if name != cfg.network_name]
+        if is_local(cfg.libvirt_uri):
+            taken += [(where, net) for where, net in network.host_ranges()
+                      if not where.endswith(f" {cfg.bridge_name}")]
+        problems.extend(network.clashes(cfg, taken))
+    finally:
+        conn.close()
+    if problems:
+        raise PreflightError(problems)
+    return cfg, warnings

@@ -1,0 +1,136 @@
+"""The lab network, defined by the project's code on a real libvirtd inside a namespace."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from lab import config, destroy, network
+
+LAB = "dslabnet"
+DNS_WAIT_S = 30
+
+
+def lab_config(tmp_path, **extra):
+    return config.load({"name": LAB, "state_dir": str(tmp_path / "state"), **extra})
+
+
+# ------------------------------------------------------------------ pure parts
+
+
+def test_network_xml_has_records_and_reservations_for_every_node():
+    cfg = config.load({"workers": 3})
+    root = ET.fromstring(network.network_xml(cfg))
+    assert root.findtext("name") == cfg.network_name
+    assert root.find("forward").get("mode") == "nat"
+    assert root.find("forward/nat").get("ipv6") == "yes"
+    hosts = {(h.get("ip"), tuple(n.text for n in h.findall("hostname"))) for h in root.findall("dns/host")}
+    for node in cfg.nodes:
+        names = (node.name, node.fqdn(cfg.domain))
+        assert (str(node.ipv4), names) in hosts
+        assert (str(node.ipv6), names) in hosts
+    reservations = {(h.get("mac"), h.get("ip")) for h in root.findall("ip/dhcp/host")}
+    assert reservations == {(n.mac, str(n.ipv4)) for n in cfg.nodes}
+    ip6 = root.find("ip[@family='ipv6']")
+    assert ip6.get("address") == str(cfg.gateway_ipv6) and ip6.get("prefix") == "64"
+
+
+@pytest.mark.parametrize("taken, expected", [
+    ([("address on eth0", ipaddress.ip_network("192.168.200.0/24"))], "lab.network_ipv4: 192.168.200.0/24 overlaps"),
+    ([("route via wg0", ipaddress.ip_network("10.96.0.0/12"))], "lab.service_subnets: 10.96.0.0/16 overlaps"),
+    ([("libvirt network other", ipaddress.ip_network("fd00:db1::/48"))], "lab.network_ipv6: fd00:db1::/64 overlaps"),
+    ([("route via eth0", ipaddress.ip_network("172.16.0.0/12"))], None),
+])
+def test_clashes_with_host_ranges(taken, expected):
+    found = network.clashes(config.load({}), taken)
+    if expected is None:
+        assert found == []
+    else:
+        assert len(found) == 1 and found[0].startswith(expected), found
+
+
+# ------------------------------------------------------------------ real libvirtd
+
+
+def dig(libvirtd, server, name, rrtype):
+    result = libvirtd.run(["dig", f"@{server}", "+short", "+time=2", "+tries=1", rrtype, name], check=False)
+    return result.stdout.split()
+
+
+def wait_for_answer(libvirtd, server, name, rrtype):
+    deadline = time.monotonic() + DNS_WAIT_S
+    answer = []
+    while time.monotonic() < deadline:
+        answer = dig(libvirtd, server, name, rrtype)
+        if answer:
+            break
+        time.sleep(1)
+    return answer
+
+
+@pytest.mark.libvirtd
+def test_lab_network_on_real_libvirtd_answers_both_families_and_is_destroyed(libvirtd, tmp_path):
+    cfg = lab_config(tmp_path)
+    conn = network.connect(libvirtd.uri)
+    try:
+        assert network.ensure_network(cfg, conn) == "defined"
+        assert network.ensure_network(cfg, conn) == "kept"
+        net = conn.networkLookupByName(cfg.network_name)
+        assert net.isActive() and net.autostart()
+    finally:
+        conn.close()
+    assert cfg.network_name in libvirtd.networks()
+
+    for server in (str(cfg.gateway_ipv4), str(cfg.gateway_ipv6)):
+        for node in cfg.nodes:
+            for name in (node.name, node.fqdn(cfg.domain)):
+                assert wait_for_answer(libvirtd, server, name, "A") == [str(node.ipv4)], (server, name)
+                assert wait_for_answer(libvirtd, server, name, "AAAA") == [str(node.ipv6)], (server, name)
+    # Names outside the lab are not forwarded anywhere.
+    assert dig(libvirtd, str(cfg.gateway_ipv4), f"nothing.{cfg.domain}", "A") == []
+
+    cfg.state_dir.mkdir(parents=True)
+    (cfg.state_dir / "network.xml").write_text(network.network_xml(cfg))
+    removed = destroy.destroy(cfg, tmp_path / "destroy.log", report=lambda line: None)
+    assert removed["networks"] == [cfg.network_name]
+    assert cfg.network_name not in libvirtd.networks()
+    assert not cfg.state_dir.exists()
+    # Twice is safe.
+    assert destroy.destroy(cfg, tmp_path / "destroy.log", report=lambda line: None) == {
+        "domains": [], "volumes": [], "networks": []}
+
+
+@pytest.mark.libvirtd
+def test_changed_network_is_replaced_and_other_networks_are_left_alone(libvirtd, tmp_path):
+    other = config.load({"name": "otherlab", "network_ipv4": "192.168.201.0/24", "network_ipv6": "fd00:db2::/64",
+                         "dhcp_ipv4_range": "192.168.201.100-192.168.201.139",
+                         "dhcp_ipv6_range": "fd00:db2::1000-fd00:db2::10ff",
+                         "metallb_ipv4_range": "192.168.201.240-192.168.201.250",
+                         "metallb_ipv6_range": "fd00:db2::240-fd00:db2::250",
+                         "external_ipv4": "192.168.201.145", "external_ipv6": "fd00:db2::120",
+                         "state_dir": str(tmp_path / "other")})
+    cfg = lab_config(tmp_path)
+    conn = network.connect(libvirtd.uri)
+    try:
+        network.ensure_network(other, conn)
+        network.ensure_network(cfg, conn)
+        # The other lab's range is now taken: a lab planned on it is refused at up time.
+        taken = [(f"libvirt network {n}", net) for n, net in network.network_ranges(conn) if n != "clash"]
+        clash = config.load({"name": "clash", "network_ipv4": "192.168.201.0/24",
+                             "dhcp_ipv4_range": "192.168.201.100-192.168.201.139",
+                             "metallb_ipv4_range": "192.168.201.240-192.168.201.250",
+                             "external_ipv4": "192.168.201.145"})
+        assert any("otherlab" in line for line in network.clashes(clash, taken))
+        changed = lab_config(tmp_path, workers=3)
+        assert network.ensure_network(changed, conn) == "replaced"
+        root = ET.fromstring(conn.networkLookupByName(cfg.network_name).XMLDesc(0))
+        assert len(root.findall("ip/dhcp/host")) == 4
+    finally:
+        conn.close()
+    destroy.destroy(cfg, tmp_path / "d.log", report=lambda line: None)
+    assert "otherlab" in libvirtd.networks()
+    destroy.destroy(other, tmp_path / "d.log", report=lambda line: None)
+    assert "otherlab" not in libvirtd.networks()
