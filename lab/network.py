@@ -47,8 +47,19 @@ def network_xml(cfg: LabConfig) -> str:
     dhcp6 = ET.SubElement(ip6, "dhcp")
     ET.SubElement(dhcp6, "range", start=str(cfg.dhcp_ipv6_range.first), end=str(cfg.dhcp_ipv6_range.last))
 
+    # kube-proxy (IPVS, strictARP) puts externalIPs on every node's kube-ipvs0, where no
+    # node answers ARP or neighbour discovery for them: the host reaches them by a route.
+    via = external_ip_gateway(cfg)
+    ET.SubElement(net, "route", address=str(cfg.external_ipv4), prefix="32", gateway=str(via.ipv4))
+    ET.SubElement(net, "route", family="ipv6", address=str(cfg.external_ipv6), prefix="128", gateway=str(via.ipv6))
+
     ET.indent(net)
     return ET.tostring(net, encoding="unicode") + "\n"
+
+
+def external_ip_gateway(cfg: LabConfig):
+    """The node the host routes the externalIP Services through (the first worker)."""
+    return cfg.workers[0]
 
 
 def _libvirt():

@@ -54,13 +54,13 @@ class Status:
 class UpRun:
     """State of one ``lab.up`` run, handed to every step."""
 
-    def __init__(self, cfg: LabConfig, status: Status):
+    def __init__(self, cfg: LabConfig, status: Status, kind: str = "up"):
         self.cfg = cfg
         self.status = status
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self.state = State(cfg.state_dir / "state.json")
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        self.log_path = cfg.state_dir / LOG_DIR / f"up-{stamp}.log"
+        self.log_path = cfg.state_dir / LOG_DIR / f"{kind}-{stamp}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._ctx: Optional[Context] = None
 

@@ -18,6 +18,7 @@ class Download:
 
     url: str
     sha256: str
+    sha512: str = ""  # used where upstream publishes only a sha512 (e.g. 2020 release tarballs)
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,11 @@ class Profile:
     kubernetes_binaries: Mapping[str, Download] = field(default_factory=dict)
     cri_dockerd: Optional[Download] = None
     kubernetes_schema_version: str = ""  # schema used to validate rendered objects
+    # Provisioning (provision/*.sh through lab.nodeenv):
+    kubernetes_node_archive: Optional[Download] = None  # set: binaries from this tarball, no package repo
+    kubernetes_repo_base: str = "https://pkgs.k8s.io/core:/stable:"  # + /v<minor>/{rpm,deb}/
+    docker_repo_base: str = "https://download.docker.com/linux"  # + /centos/docker-ce.repo, /debian
+    centos_vault_url: Optional[str] = None  # EL7 only: base repos rewritten to this vault tree
 
     @property
     def kubernetes_minor(self) -> str:
@@ -65,20 +71,29 @@ CURRENT = Profile(
     max_service_ipv6_bits=20,
     runtimes=("docker", "containerd"),
     docker_version=None,
-    calico_version="3.31.0",
+    calico_version="3.31.6",
     calico_manifest=Download(
-        url="https://raw.githubusercontent.com/projectcalico/calico/v3.31.0/manifests/calico.yaml",
+        url="https://raw.githubusercontent.com/projectcalico/calico/v3.31.6/manifests/calico.yaml",
         sha256="",
     ),
-    metallb_version="0.15.2",
+    # MetalLB 0.15.3 (2025-12-04) is the newest release (endoflife.date, 2026-05); no 0.16 yet.
+    # sha256 unknown: the file could not be downloaded here (see workloads.pin_problems).
+    metallb_version="0.15.3",
     metallb_manifests=(
         Download(
-            url="https://raw.githubusercontent.com/metallb/metallb/v0.15.2/config/manifests/metallb-native.yaml",
+            url="https://raw.githubusercontent.com/metallb/metallb/v0.15.3/config/manifests/metallb-native.yaml",
             sha256="",
         ),
     ),
-    nginx_image="docker.io/library/nginx:1.29",
+    # Official image, stable branch 1.30 (1.30.0 released 2026-04; the tag follows 1.30.x fixes).
+    nginx_image="docker.io/library/nginx:1.30",
     kubernetes_schema_version="1.36",
+    # sha256 of the release tarball as pinned by kubespray v2.31.0
+    # (roles/kubespray_defaults/vars/main/checksums.yml, cri_dockerd_archive_checksums amd64 0.3.24).
+    cri_dockerd=Download(
+        url="https://github.com/Mirantis/cri-dockerd/releases/download/v0.3.24/cri-dockerd-0.3.24.amd64.tgz",
+        sha256="dd4b7f514c248a3aaca398f467430a4c58aae9a77ea8b96a2f5b5d6fba0948d1",
+    ),
 )
 
 SEED_2020 = Profile(
@@ -95,10 +110,27 @@ SEED_2020 = Profile(
     docker_version="19.03.5",
     calico_version="3.11.3",
     calico_manifest=Download(url="", sha256=""),
+    # MetalLB 0.9.6: the last 0.9 release; namespace.yaml first, then metallb.yaml (ships
+    # PodSecurityPolicies; speakers need the memberlist secret). sha256 unknown (not downloadable here).
     metallb_version="0.9.6",
-    metallb_manifests=(),
+    metallb_manifests=(
+        Download(url="https://raw.githubusercontent.com/metallb/metallb/v0.9.6/manifests/namespace.yaml", sha256=""),
+        Download(url="https://raw.githubusercontent.com/metallb/metallb/v0.9.6/manifests/metallb.yaml", sha256=""),
+    ),
     nginx_image="docker.io/library/nginx:1.17",
     kubernetes_schema_version="1.17",
+    # dl.k8s.io publishes no per-binary .sha256 for 1.17.2 that could be found; the release notes
+    # (kubernetes/kubernetes CHANGELOG/CHANGELOG-1.17.md, "Node Binaries") give this tarball's sha512.
+    # It holds kubernetes/node/bin/{kubeadm,kubelet,kubectl,kube-proxy}.
+    kubernetes_node_archive=Download(
+        url="https://dl.k8s.io/v1.17.2/kubernetes-node-linux-amd64.tar.gz",
+        sha256="",
+        sha512=(
+            "e7546138dd1768716e7bbfe6136625ff2023293ec1f62741b63c167aaebe9b20"
+            "0314f140608445fa5393512aebe7c2eece17d5935c9257fe05d3b9d9ac25c9b3"
+        ),
+    ),
+    centos_vault_url="https://vault.centos.org/7.9.2009",
 )
 
 PROFILES = {p.name: p for p in (CURRENT, SEED_2020)}

@@ -125,15 +125,22 @@ def kubeconfig(c):
             "e2e": "also run the upstream dual-stack e2e tests (needs hydrophone)"})
 def verify(c, only=None, layer=None, json=None, junit=None, e2e=False):
     """Prove, check by check, that the lab is dual-stack end to end."""
-    from .verify import cli  # noqa: PLC0415
+    from . import pipeline  # noqa: PLC0415
+    from . import verify as lab_verify  # noqa: PLC0415
 
     cfg = _load(c)
+    if layer not in (None, "network", "cluster"):
+        raise Exit(f"--layer: {layer!r} is unknown; use network or cluster", code=EXIT_CONFIG)
     try:
-        code = cli.main(cfg, only=only, layer=layer, json_path=json, junit_path=junit, e2e=e2e)
+        if only:
+            lab_verify.select(only, layer)
+        ctx = pipeline.UpRun(cfg, pipeline.Status(), kind="verify").context("verify")
+        report = lab_verify.verify(ctx, only=only, layer=layer, json_path=json, junit_path=junit, e2e=e2e,
+                                   kubeconfig=cfg.state_dir / "kubeconfig", out=sys.stdout)
     except LabError as exc:
         raise _fail(exc) from None
-    if code:
-        raise Exit(code=code)
+    if not report.ok:
+        raise Exit(code=report.exit_code)
 
 
 ns = Collection(config, render, up, status, destroy, kubeconfig, verify)

@@ -36,6 +36,9 @@ def test_network_xml_has_records_and_reservations_for_every_node():
     assert reservations == {(n.mac, str(n.ipv4)) for n in cfg.nodes}
     ip6 = root.find("ip[@family='ipv6']")
     assert ip6.get("address") == str(cfg.gateway_ipv6) and ip6.get("prefix") == "64"
+    routes = {(r.get("address"), r.get("prefix"), r.get("gateway")) for r in root.findall("route")}
+    via = cfg.workers[0]
+    assert routes == {(str(cfg.external_ipv4), "32", str(via.ipv4)), (str(cfg.external_ipv6), "128", str(via.ipv6))}
 
 
 @pytest.mark.parametrize("taken, expected", [
@@ -89,6 +92,11 @@ def test_lab_network_on_real_libvirtd_answers_both_families_and_is_destroyed(lib
             for name in (node.name, node.fqdn(cfg.domain)):
                 assert wait_for_answer(libvirtd, server, name, "A") == [str(node.ipv4)], (server, name)
                 assert wait_for_answer(libvirtd, server, name, "AAAA") == [str(node.ipv6)], (server, name)
+    # The externalIPs are routed through the first worker.
+    routes = libvirtd.run(["ip", "route", "show", f"{cfg.external_ipv4}/32"]).stdout
+    assert f"via {cfg.workers[0].ipv4}" in routes, routes
+    routes6 = libvirtd.run(["ip", "-6", "route", "show", f"{cfg.external_ipv6}/128"]).stdout
+    assert f"via {cfg.workers[0].ipv6}" in routes6, routes6
     # Names outside the lab are not forwarded anywhere.
     assert dig(libvirtd, str(cfg.gateway_ipv4), f"nothing.{cfg.domain}", "A") == []
 
