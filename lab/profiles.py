@@ -58,7 +58,7 @@ class Profile:
 
 CURRENT = Profile(
     name="current",
-    description="CentOS Stream 9, docker-ce with cri-dockerd, Kubernetes 1.36, Calico 3.31, MetalLB 0.15",
+    description="CentOS Stream 9, docker-ce with cri-dockerd, Kubernetes 1.36, Calico 3.31, MetalLB 0.16",
     box="centos-stream-9",
     box_url=(
         "https://cloud.centos.org/centos/9-stream/x86_64/images/"
@@ -72,17 +72,19 @@ CURRENT = Profile(
     runtimes=("docker", "containerd"),
     docker_version=None,
     calico_version="3.31.6",
+    # Names quay.io/calico/{cni,node,kube-controllers}:v3.31.6; URL pinned by commit (sha256 of the file there).
     calico_manifest=Download(
-        url="https://raw.githubusercontent.com/projectcalico/calico/v3.31.6/manifests/calico.yaml",
-        sha256="",
+        url="https://raw.githubusercontent.com/projectcalico/calico/93c682fadb8281769563fd6162e364588bf456b7/manifests/calico.yaml",
+        sha256="34012557637766d4367f0e7d2ea8b6507fca6df68e08b87fcdcd527f689e2637",
     ),
-    # MetalLB 0.15.3 (2025-12-04) is the newest release (endoflife.date, 2026-05); no 0.16 yet.
-    # sha256 unknown: the file could not be downloaded here (see workloads.pin_problems).
-    metallb_version="0.15.3",
+    # MetalLB 0.16.1: tag v0.16.1 is commit 791dfcc63ced7a6b3e869131eae75e645150fff0 (wolfi-dev/os
+    # metallb.yaml, expected-commit); that commit's metallb-native.yaml names
+    # quay.io/metallb/{controller,speaker}:v0.16.1. URL pinned by commit (sha256 of the file there).
+    metallb_version="0.16.1",
     metallb_manifests=(
         Download(
-            url="https://raw.githubusercontent.com/metallb/metallb/v0.15.3/config/manifests/metallb-native.yaml",
-            sha256="",
+            url="https://raw.githubusercontent.com/metallb/metallb/791dfcc63ced7a6b3e869131eae75e645150fff0/config/manifests/metallb-native.yaml",
+            sha256="bf25feebb7582ca7df845efd52ffbc2960d6cbf4cfc972f47fded9f788b67f0b",
         ),
     ),
     # Official image, stable branch 1.30 (1.30.0 released 2026-04; the tag follows 1.30.x fixes).
@@ -114,7 +116,10 @@ SEED_2020 = Profile(
     # PodSecurityPolicies; speakers need the memberlist secret). sha256 unknown (not downloadable here).
     metallb_version="0.9.6",
     metallb_manifests=(
-        Download(url="https://raw.githubusercontent.com/metallb/metallb/v0.9.6/manifests/namespace.yaml", sha256=""),
+        # Read from metallb/metallb manifests/namespace.yaml @76e62657325baa3cfb0031112e1332f993e2d854 (91 B):
+        # the file's only version in any indexed commit (release tags included), so the v0.9.6 tag holds it.
+        Download(url="https://raw.githubusercontent.com/metallb/metallb/v0.9.6/manifests/namespace.yaml",
+                 sha256="51a1c68cd8f92e4653075ea978642689a7786099000f9017a616567bab76114f"),
         Download(url="https://raw.githubusercontent.com/metallb/metallb/v0.9.6/manifests/metallb.yaml", sha256=""),
     ),
     nginx_image="docker.io/library/nginx:1.17",

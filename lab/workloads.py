@@ -12,7 +12,7 @@ one place (:func:`lb_addresses`). Two profiles:
     nginx spreads with a *preferred* pod anti-affinity (topologySpreadConstraints is
     alpha in 1.17).
 
-``current`` (Kubernetes 1.36, MetalLB 0.15)
+``current`` (Kubernetes 1.36, MetalLB 0.16)
     Services use ``ipFamilyPolicy``/``ipFamilies``; MetalLB is configured by one
     ``IPAddressPool`` holding both ranges and an ``L2Advertisement``; LoadBalancers ask
     for their addresses with the ``metallb.io/loadBalancerIPs`` annotation. A fourth

@@ -404,7 +404,10 @@ def test_what_only_the_dual_stack_lb_needs_is_no_problem_on_1_17():
 
 
 def test_a_profile_without_manifest_sha256_refuses_before_doing_anything(tmp_path):
-    cfg = load("current")  # the real pins: no sha256 known yet
+    real = load("current")
+    unpinned = dataclasses.replace(real.profile, metallb_manifests=tuple(
+        dataclasses.replace(d, sha256="") for d in real.profile.metallb_manifests))
+    cfg = dataclasses.replace(real, profile=unpinned)
     runner = FakeRunner(cfg)
     with pytest.raises(StepError, match="sha256"):
         workloads.deploy_metallb(Context(cfg, State(tmp_path / "state.json"), runner))
