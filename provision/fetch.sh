@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# fetch.sh URL SUM DEST: download URL to DEST, checked against SUM.
+#
+# SUM is a sha256 (64 hex digits) or, where upstream publishes only that, a sha512
+# (128 hex digits). DEST already there with the right sum: nothing is done. The download
+# goes to a temporary file beside DEST and is moved into place only once verified.
+# DEST is taken below DSLAB_ROOT (default empty).
+set -euo pipefail
+# shellcheck source=provision/lib.sh
+. "${DSLAB_LIB:-$(dirname "${BASH_SOURCE[0]}")/lib.sh}"
+
+fetch_main() {
+  [[ $# -eq 3 ]] || die "usage: fetch.sh URL SHA256|SHA512 DEST"
+  local url=$1 want=$2 dest="$DSLAB_ROOT$3" tool have tmp
+  step "fetch $(basename "$3")"
+  want=${want,,}
+  case "${#want}" in
+    64) tool=sha256sum ;;
+    128) tool=sha512sum ;;
+    *) die "no usable checksum for $url (got '${2}'; want 64 or 128 hex digits)" ;;
+  esac
+  [[ $want =~ ^[0-9a-f]+$ ]] || die "checksum for $url is not hexadecimal: $2"
+  if [[ -f $dest ]]; then
+    have=$("$tool" "$dest" | cut -d' ' -f1)
+    if [[ $have == "$want" ]]; then
+      log "$3 is up to date"
+      return 0
+    fi
+  fi
+  mkdir -p "$(dirname "$dest")"
+  tmp=$(mktemp "$dest.part.XXXXXX")
+  # shellcheck disable=SC2064
+  trap "rm -f '$tmp'" EXIT
+  run curl -fsSL --retry 5 --retry-delay 3 -o "$tmp" "$url"
+  have=$("$tool" "$tmp" | cut -d' ' -f1)
+  if [[ $have != "$want" ]]; then
+    die "checksum mismatch for $url: expected $want, got $have"
+  fi
+  chmod 0644 "$tmp"
+  mv -f "$tmp" "$dest"
+  trap - EXIT
+  log "fetched $url -> $3"
+}
+
+fetch_main "$@"

@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Shared functions of the dslab node scripts. Sourced, never run.
+#
+# Every script: reads its settings from the environment (or from the env file given as
+# its first argument, written by lab.nodeenv), checks before it acts, and stops at the
+# first failing command with a message naming the step.
+#
+# Test seam: DSLAB_ROOT (default empty) prefixes every file the scripts read or write
+# (/etc, /proc, /sys, /usr, /var, /opt); commands are found on PATH.
+set -euo pipefail
+
+# >>> core: copied verbatim into network.sh (run alone by Vagrant); keep both equal
+DSLAB_ROOT=${DSLAB_ROOT:-}
+DSLAB_STEP=${DSLAB_STEP:-start}
+DSLAB_SCRIPT=$(basename "${0:-dslab}")
+export DSLAB_HERE
+DSLAB_HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+log() { printf 'dslab: %s: %s\n' "$DSLAB_SCRIPT" "$*" >&2; }
+warn() { printf 'dslab: %s: warning: %s\n' "$DSLAB_SCRIPT" "$*" >&2; }
+
+# die MESSAGE: stop the script, naming the current step.
+die() {
+  printf "dslab: step '%s' failed: %s\n" "$DSLAB_STEP" "$*" >&2
+  exit 1
+}
+
+# Backstop for a failing command that did not go through `run`.
+_dslab_on_err() {
+  local rc=$1 cmd=$2
+  printf "dslab: step '%s' failed: %s (exit %s)\n" "$DSLAB_STEP" "$cmd" "$rc" >&2
+  exit "$rc"
+}
+set -E
+trap '_dslab_on_err "$?" "$BASH_COMMAND"' ERR
+
+# step NAME: start a named step (used in failure messages).
+step() {
+  DSLAB_STEP=$1
+  log "== $1"
+}
+
+# run CMD ARGS...: run a changing command; a failure stops the script naming the step.
+run() {
+  log "+ $*"
+  local rc=0
+  "$@" || rc=$?
+  if ((rc != 0)); then
+    die "$* (exit $rc)"
+  fi
+}
+
+# load_env [FILE]: source the env file written by lab.nodeenv, when given.
+load_env() {
+  if [[ $# -ge 1 && -n ${1:-} ]]; then
+    [[ -r $1 ]] || die "env file $1 is not readable"
+    # shellcheck disable=SC1090
+    . "$1"
+  fi
+}
+
+# need VAR...: every named variable must be set and non-empty.
+need() {
+  local var
+  for var in "$@"; do
+    [[ -n ${!var:-} ]] || die "variable $var is not set (pass it in the environment or the env file)"
+  done
+}
+
+# os_family: el7, el9 or debian, from /etc/os-release.
+os_family() {
+  local file="$DSLAB_ROOT/etc/os-release" id="" like="" version=""
+  [[ -r $file ]] || die "$file not found; cannot tell the OS"
+  # shellcheck source=/dev/null
+  read -r id version like < <(. "$file" && printf '%s %s %s\n' "${ID:-none}" "${VERSION_ID:-0}" "${ID_LIKE:-}")
+  case "$id" in
+    debian) printf 'debian\n'; return 0 ;;
+  esac
+  case " $id $like " in
+    *" rhel "* | *" centos "* | *" fedora "*)
+      case "${version%%.*}" in
+        7) printf 'el7\n'; return 0 ;;
+        9) printf 'el9\n'; return 0 ;;
+      esac
+      ;;
+  esac
+  die "unsupported OS: ID=$id VERSION_ID=$version (supported: CentOS 7, EL9, Debian 12)"
+}
+
+# write_file PATH MODE: write stdin to $DSLAB_ROOT/PATH only when the content differs.
+# Returns 0 when it wrote, 1 when the file was already up to date.
+write_file() {
+  # Called as a condition (set -e is off there), so every failure is checked by hand.
+  local path="$DSLAB_ROOT$1" mode=$2 tmp
+  tmp=$(mktemp) || die "mktemp failed"
+  cat >"$tmp" || die "cannot buffer the content of $1"
+  if [[ -f $path ]] && cmp -s "$tmp" "$path"; then
+    rm -f "$tmp"
+    return 1
+  fi
+  log "write $1"
+  mkdir -p "$(dirname "$path")" || die "cannot create the directory of $1"
+  install -m "$mode" "$tmp" "$path" || die "cannot write $1"
+  rm -f "$tmp"
+  return 0
+}
+
+# <<< core
+
+# unit_enabled UNIT / unit_active UNIT: systemd state checks (read-only).
+unit_enabled() { systemctl is-enabled --quiet "$1" 2>/dev/null; }
+unit_active() { systemctl is-active --quiet "$1" 2>/dev/null; }
+
+# ensure_enabled UNIT / ensure_started UNIT: act only when needed.
+ensure_enabled() { unit_enabled "$1" || run systemctl enable "$1"; }
+ensure_started() { unit_active "$1" || run systemctl start "$1"; }
+
+# pkg_installed FAMILY NAME: true when the OS package NAME is installed.
+pkg_installed() {
+  case "$1" in
+    debian) [[ $(dpkg-query -W -f='${Status}' "$2" 2>/dev/null || true) == "install ok installed" ]] ;;
+    *) rpm -q --quiet "$2" 2>/dev/null ;;
+  esac
+}
+
+# pkg_version FAMILY NAME: installed version (deb: upstream-revision), empty if absent.
+pkg_version() {
+  case "$1" in
+    debian) dpkg-query -W -f='${Version}' "$2" 2>/dev/null || true ;;
+    *) rpm -q --qf '%{VERSION}' "$2" 2>/dev/null || true ;;
+  esac
+}
+
+# pkg_install FAMILY PACKAGE...: install with the OS's package manager.
+pkg_install() {
+  local family=$1
+  shift
+  case "$family" in
+    el7) run yum install -y "$@" ;;
+    el9) run dnf install -y "$@" ;;
+    debian) run env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" ;;
+  esac
+}
+
+# ensure_packages FAMILY PACKAGE...: install only those not installed.
+ensure_packages() {
+  local family=$1 pkg
+  shift
+  local missing=()
+  for pkg in "$@"; do
+    pkg_installed "$family" "$pkg" || missing+=("$pkg")
+  done
+  ((${#missing[@]})) || return 0
+  if [[ $family == debian ]]; then
+    run env DEBIAN_FRONTEND=noninteractive apt-get update
+  fi
+  pkg_install "$family" "${missing[@]}"
+}

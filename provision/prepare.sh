@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# prepare.sh [ENV_FILE]: what kubeadm and kube-proxy (IPVS mode) need of the node.
+#
+# Swap off for good, SELinux permissive (EL), firewalld off, kernel modules, sysctls, and
+# the tools kubeadm's preflight and kube-proxy use. Every action checks first.
+#
+# Reads: KUBE_PROXY_MODE (default ipvs), CENTOS_VAULT_URL (EL7 only)
+set -euo pipefail
+# shellcheck source=provision/lib.sh
+. "${DSLAB_LIB:-$(dirname "${BASH_SOURCE[0]}")/lib.sh}"
+
+swap_off() {
+  local content
+  step "swap"
+  if [[ -r $DSLAB_ROOT/proc/swaps ]] && (($(wc -l <"$DSLAB_ROOT/proc/swaps") > 1)); then
+    run swapoff -a
+  fi
+  if [[ -f $DSLAB_ROOT/etc/fstab ]]; then
+    content=$(awk '!/^[[:space:]]*#/ && $3 == "swap" { print "#" $0 " # dslab: swap off for kubelet"; next } { print }' "$DSLAB_ROOT/etc/fstab")
+    if write_file /etc/fstab 0644 <<<"$content"; then :; fi
+  fi
+}
+
+# Debian and EL9: swap units (including zram) must not come back at boot.
+mask_swap_units() {
+  local unit
+  step "swap units"
+  while read -r unit _; do
+    [[ -n $unit ]] || continue
+    [[ $(systemctl is-enabled "$unit" 2>/dev/null || true) == masked ]] || run systemctl mask "$unit"
+  done < <(
+    systemctl list-units --type=swap --all --plain --no-legend 2>/dev/null || true
+    systemctl list-unit-files --plain --no-legend 'systemd-zram-setup@*' 2>/dev/null | sed 's/@\.service/@zram0.service/' || true
+  )
+}
+
+selinux_permissive() {
+  local content
+  step "selinux"
+  if command -v getenforce >/dev/null 2>&1 && [[ $(getenforce) == Enforcing ]]; then
+    run setenforce 0
+  fi
+  if [[ -f $DSLAB_ROOT/etc/selinux/config ]]; then
+    content=$(sed -E 's/^SELINUX=enforcing[[:space:]]*$/SELINUX=permissive/' "$DSLAB_ROOT/etc/selinux/config")
+    if write_file /etc/selinux/config 0644 <<<"$content"; then :; fi
+  fi
+}
+
+# firewalld is stopped and disabled rather than opened port by port: the lab network is
+# private, and kube-proxy (IPVS) and Calico manage the node's packet filter themselves.
+# The README documents this.
+firewalld_off() {
+  step "firewalld"
+  if unit_active firewalld; then
+    run systemctl stop firewalld
+  fi
+  if unit_enabled firewalld; then
+    run systemctl disable firewalld
+  fi
+}
+
+# CentOS 7 is EOL: its mirrorlist is gone, so the base repos are pointed at the vault.
+centos_vault() {
+  local f content
+  step "centos vault repos"
+  [[ -n ${CENTOS_VAULT_URL:-} ]] || die "CENTOS_VAULT_URL is not set (needed on CentOS 7)"
+  for f in "$DSLAB_ROOT"/etc/yum.repos.d/CentOS-*.repo; do
+    [[ -f $f ]] || continue
+    grep -q '^mirrorlist=http://mirrorlist.centos.org' "$f" || continue
+    content=$(sed -E -e 's|^mirrorlist=|#mirrorlist=|' \
+      -e "s|^#?baseurl=http://mirror.centos.org/centos/\\\$releasever|baseurl=${CENTOS_VAULT_URL}|" "$f")
+    if write_file "${f#"$DSLAB_ROOT"}" 0644 <<<"$content"; then :; fi
+  done
+}
+
+packages() {
+  local family=$1
+  step "packages"
+  case "$family" in
+    el7) ensure_packages el7 ipset ipvsadm curl conntrack-tools socat ethtool iptables ebtables tar ;;
+    # EL9 has no ebtables package (iptables-nft covers it); kubeadm only warns without it.
+    el9) ensure_packages el9 ipset ipvsadm curl conntrack-tools socat ethtool iptables-nft tar ;;
+    debian) ensure_packages debian ipset ipvsadm curl ca-certificates conntrack socat ethtool iptables ebtables tar ;;
+  esac
+}
+
+# kernel_at_least MAJOR MINOR
+kernel_at_least() {
+  local release major minor
+  release=$(cat "$DSLAB_ROOT/proc/sys/kernel/osrelease")
+  major=${release%%.*}
+  minor=${release#*.}
+  minor=${minor%%.*}
+  ((major > $1 || (major == $1 && minor >= $2)))
+}
+
+module_loaded() {
+  [[ -d $DSLAB_ROOT/sys/module/$1 ]] ||
+    awk -v m="$1" '$1 == m { f = 1 } END { exit !f }' "$DSLAB_ROOT/proc/modules"
+}
+
+kernel_modules() {
+  local m modules=(br_netfilter overlay)
+  step "kernel modules"
+  if [[ ${KUBE_PROXY_MODE:-ipvs} == ipvs ]]; then
+    modules+=(ip_vs ip_vs_rr ip_vs_wrr ip_vs_sh)
+  fi
+  # nf_conntrack_ipv4 was merged into nf_conntrack in Linux 4.19 (CentOS 7 runs 3.10).
+  if kernel_at_least 4 19; then modules+=(nf_conntrack); else modules+=(nf_conntrack_ipv4); fi
+  for m in "${modules[@]}"; do
+    module_loaded "$m" || run modprobe "$m"
+  done
+  if write_file /etc/modules-load.d/dslab.conf 0644 < <(
+    echo "# dslab: kernel modules for kubelet and kube-proxy"
+    printf '%s\n' "${modules[@]}"
+  ); then :; fi
+}
+
+sysctls() {
+  local key value have
+  local -a settings=(
+    net.bridge.bridge-nf-call-iptables=1
+    net.bridge.bridge-nf-call-ip6tables=1
+    net.ipv4.ip_forward=1
+    net.ipv6.conf.all.forwarding=1
+  )
+  step "sysctl"
+  if write_file /etc/sysctl.d/90-dslab.conf 0644 < <(
+    echo "# dslab: bridged traffic through iptables, forwarding for both families"
+    printf '%s\n' "${settings[@]}"
+  ); then :; fi
+  for key in "${settings[@]}"; do
+    value=${key#*=}
+    key=${key%%=*}
+    have=$(sysctl -n "$key" 2>/dev/null || true)
+    [[ $have == "$value" ]] || run sysctl -w "$key=$value"
+  done
+}
+
+main() {
+  load_env "${1:-}"
+  local family
+  step "detect"
+  family=$(os_family)
+  log "OS family $family"
+  swap_off
+  if [[ $family != el7 ]]; then
+    mask_swap_units
+  fi
+  if [[ $family == el* ]]; then
+    selinux_permissive
+  fi
+  firewalld_off
+  if [[ $family == el7 ]]; then
+    centos_vault
+  fi
+  packages "$family"
+  kernel_modules
+  sysctls
+  step "done"
+  log "node prepared"
+}
+
+main "$@"

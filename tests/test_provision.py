@@ -1,0 +1,645 @@
+"""The node scripts in provision/, run for real with bash against stub system commands.
+
+Each scenario builds a fake node below a temporary DSLAB_ROOT (os-release, /proc, /etc...),
+puts tests/stubs/stub.py first on PATH under the name of every system command the scripts
+call, runs the scripts with the environment lab.nodeenv derives from a real LabConfig, and
+checks the recorded calls and the files left behind. A second run on that state must make
+no changing call and change no file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from lab import config as labconfig
+from lab.nodeenv import env_file_text, node_env
+
+REPO = Path(__file__).resolve().parent.parent
+PROVISION = REPO / "provision"
+STUB = Path(__file__).resolve().parent / "stubs" / "stub.py"
+
+STUBBED = [
+    "dnf", "yum", "apt-get", "apt-mark", "dpkg-query", "rpm", "systemctl", "modprobe", "sysctl",
+    "swapoff", "setenforce", "getenforce", "kubeadm", "curl", "nmcli", "ip", "hostnamectl",
+]
+#: Real tools the scripts may use; everything else is absent from PATH.
+REAL_TOOLS = [
+    "bash", "env", "cat", "awk", "sed", "grep", "cut", "tr", "wc", "mktemp", "mkdir", "install",
+    "cmp", "rm", "mv", "chmod", "basename", "dirname", "tar", "gzip", "sha256sum", "sha512sum",
+    "python3", "head", "sort", "ls", "cp", "ln", "touch",
+]
+
+#: argv patterns that change the system. Each entry: command -> predicate on its arguments.
+CHANGING = {
+    "dnf": lambda a: bool({"install", "remove", "update", "upgrade", "makecache", "config-manager"} & set(a)),
+    "yum": lambda a: bool({"install", "remove", "update", "upgrade", "makecache"} & set(a)),
+    "apt-get": lambda a: bool({"install", "update", "remove", "upgrade"} & set(a)),
+    "apt-mark": lambda a: bool({"hold", "unhold"} & set(a)),
+    "systemctl": lambda a: bool({"enable", "disable", "start", "stop", "restart", "reload", "mask",
+                                 "unmask", "daemon-reload"} & set(a)),
+    "modprobe": lambda a: True,
+    "sysctl": lambda a: bool({"-w", "-p", "--system"} & set(a)),
+    "swapoff": lambda a: True,
+    "setenforce": lambda a: True,
+    "hostnamectl": lambda a: "set-hostname" in a,
+    "ip": lambda a: bool({"add", "del", "delete", "replace", "change", "flush"} & set(a)),
+    "nmcli": lambda a: bool({"modify", "reapply", "up", "down"} & set(a)),
+    "kubeadm": lambda a: bool({"init", "join", "reset", "pull"} & set(a)),
+    "curl": lambda a: True,
+    "rpm": lambda a: bool({"-i", "-U", "-e", "-ivh", "-Uvh"} & set(a)),
+}
+
+OS_RELEASE = {
+    "el7": 'NAME="CentOS Linux"\nID="centos"\nID_LIKE="rhel fedora"\nVERSION_ID="7"\n',
+    "el9": 'NAME="CentOS Stream"\nID="centos"\nID_LIKE="rhel fedora"\nVERSION_ID="9"\n',
+    "alma9": 'NAME="AlmaLinux"\nID="almalinux"\nID_LIKE="rhel centos fedora"\nVERSION_ID="9.4"\n',
+    "debian": 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\nVERSION_CODENAME=bookworm\n',
+}
+KERNEL = {"el7": "3.10.0-1160.el7.x86_64", "el9": "5.14.0-427.el9.x86_64", "debian": "6.1.0-18-amd64"}
+HOSTS = ("127.0.0.1   localhost localhost.localdomain\n"
+         "127.0.1.1 k8s-master01 k8s-master01\n"
+         "::1 localhost ip6-localhost ip6-loopback\n"
+         "192.168.200.5 other.example other\n")
+
+DAEMON_JSON = {
+    "exec-opts": ["native.cgroupdriver=systemd"],
+    "log-driver": "json-file",
+    "log-opts": {"max-size": "100m"},
+    "storage-driver": "overlay2",
+    "ipv6": True,
+}
+
+
+# --------------------------------------------------------------------------- the fake node
+
+
+class Node:
+    """A fake node: root directory, stub state, and a way to run scripts on it."""
+
+    def __init__(self, tmp: Path, family: str, os_id: str | None = None):
+        self.family = family
+        self.root = tmp / "root"
+        self.stub = self.root / ".stub"
+        (self.stub / "bin").mkdir(parents=True)
+        self.bin = tmp / "bin"
+        self.sysbin = tmp / "sysbin"
+        self.bin.mkdir()
+        self.sysbin.mkdir()
+        for name in STUBBED:
+            (self.bin / name).symlink_to(STUB)
+        for tool in REAL_TOOLS:
+            path = shutil.which(tool)
+            assert path, f"the test needs {tool} on this machine"
+            (self.sysbin / tool).symlink_to(path)
+        self.write("etc/os-release", OS_RELEASE[os_id or family])
+        self.write("proc/sys/kernel/osrelease", KERNEL[family] + "\n")
+        self.write("proc/modules", "ext4 745472 1 - Live 0x0000000000000000\n")
+        self.write("proc/swaps", "Filename\tType\tSize\tUsed\tPriority\n/dev/dm-1 partition 2097148 0 -2\n")
+        self.write("etc/fstab", "UUID=abcd / xfs defaults 0 0\n/dev/mapper/centos-swap swap swap defaults 0 0\n")
+        self.write("etc/hosts", HOSTS)
+        self.write("etc/hostname", "localhost.localdomain\n")
+        state = {
+            "packages": {},
+            "services": {},
+            "sysctl": {
+                "net.bridge.bridge-nf-call-iptables": "0", "net.bridge.bridge-nf-call-ip6tables": "0",
+                "net.ipv4.ip_forward": "0", "net.ipv6.conf.all.forwarding": "0",
+                "net.ipv6.conf.eth1.accept_ra": "1", "net.ipv6.conf.eth1.autoconf": "1",
+            },
+            "interfaces": {
+                "eth0": {"v4": ["192.168.121.10/24"], "v6": []},
+                "eth1": {"v4": [], "v6": [
+                    {"addr": "fd00:db1::5054:ff:fe12:3456/64", "flags": "dynamic mngtmpaddr noprefixroute"},
+                    {"addr": "fe80::5054:ff:fe12:3456/64", "flags": ""},
+                ]},
+            },
+            "routes6": ["default via fe80::1 dev eth1 proto ra metric 1024 expires 1790sec pref medium"],
+            "nm": {"devices": {"eth1": "System eth1"},
+                   "connections": {"System eth1": {"ipv6.method": "auto", "ipv6.addresses": "", "ipv6.gateway": ""}}},
+            "swap_units": [],
+            "zram_unit_files": [],
+            "downloads": {},
+            "fail": [],
+        }
+        if family.startswith("el"):
+            state["selinux"] = "Enforcing"
+            state["services"]["firewalld"] = {"enabled": True, "active": True, "masked": False}
+            self.write("etc/selinux/config", "SELINUX=enforcing\nSELINUXTYPE=targeted\n")
+        if family == "el7":
+            self.write("etc/sysconfig/network-scripts/ifcfg-eth1",
+                       "DEVICE=eth1\nBOOTPROTO=dhcp\nONBOOT=yes\nNM_CONTROLLED=no\n")
+            self.write("etc/yum.repos.d/CentOS-Base.repo",
+                       "[base]\nname=CentOS-$releasever - Base\n"
+                       "mirrorlist=http://mirrorlist.centos.org/?release=$releasever&arch=$basearch&repo=os\n"
+                       "#baseurl=http://mirror.centos.org/centos/$releasever/os/$basearch/\ngpgcheck=1\n")
+        if family == "el9":
+            state["zram_unit_files"] = ["systemd-zram-setup@.service"]
+        if family == "debian":
+            state["swap_units"] = ["dev-sda5.swap"]
+            self.write("etc/network/interfaces", "auto eth1\nallow-hotplug eth1\niface eth1 inet dhcp\n")
+        self.save(state)
+        (self.stub / "calls.log").write_text("")
+
+    # state helpers
+    def write(self, rel: str, text: str) -> Path:
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+
+    def read(self, rel: str) -> str:
+        return (self.root / rel).read_text()
+
+    def state(self) -> dict:
+        return json.loads((self.stub / "state.json").read_text())
+
+    def save(self, state: dict) -> None:
+        (self.stub / "state.json").write_text(json.dumps(state))
+
+    def update(self, **changes) -> None:
+        state = self.state()
+        state.update(changes)
+        self.save(state)
+
+    def preinstall(self, package: str, commands=(), version="1.0") -> None:
+        state = self.state()
+        state["packages"][package] = version
+        self.save(state)
+        for command in commands:
+            (self.stub / "bin" / command).symlink_to(STUB)
+
+    def assign_ipv4(self, address: str) -> None:
+        state = self.state()
+        state["interfaces"]["eth1"]["v4"] = [f"{address}/24"]
+        self.save(state)
+
+    # running
+    def run(self, script: str, env: dict, *args: str, check: bool = True):
+        proc_env = {
+            "PATH": f"{self.bin}:{self.stub / 'bin'}:{self.sysbin}",
+            "DSLAB_ROOT": str(self.root),
+            "TMPDIR": str(self.root.parent / "tmp"),
+            "LC_ALL": "C",
+            **env,
+        }
+        (self.root.parent / "tmp").mkdir(exist_ok=True)
+        path = script if os.path.isabs(script) else str(PROVISION / script)
+        result = subprocess.run(["bash", path, *args], env=proc_env,
+                                capture_output=True, text=True, timeout=120)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{script} exited {result.returncode}\nstderr:\n{result.stderr}")
+        return result
+
+    def calls(self) -> list[list[str]]:
+        lines = (self.stub / "calls.log").read_text().splitlines()
+        return [json.loads(line) for line in lines]
+
+    def clear_calls(self) -> None:
+        (self.stub / "calls.log").write_text("")
+
+    def snapshot(self) -> dict:
+        out = {}
+        for path in sorted(self.root.rglob("*")):
+            if self.stub in path.parents or path == self.stub:
+                continue
+            if path.is_file():
+                out[str(path.relative_to(self.root))] = (path.read_bytes(), path.stat().st_mtime_ns)
+        return out
+
+
+def changing(calls):
+    return [c for c in calls if c[0] in CHANGING and CHANGING[c[0]](c[1:])]
+
+
+def has(calls, *argv) -> bool:
+    return list(argv) in calls
+
+
+def contains(calls, *words) -> bool:
+    """Some call includes all of ``words`` in order-independent fashion."""
+    return any(all(w in c for w in words) for c in calls)
+
+
+def fake_tarball(path: Path, members: dict[str, str]) -> str:
+    """Write a .tar.gz with ``members`` (name -> text, executable) and return its sha256."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in members.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o755
+            tar.addfile(info, io.BytesIO(data))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def lab_env(profile: str, runtime: str | None = None, node: str = "k8s-master01") -> dict:
+    cfg = labconfig.load({"profile": profile, "runtime": runtime})
+    return node_env(cfg, cfg.node(node)), cfg
+
+
+SCRIPTS = ["network.sh", "prepare.sh", "runtime.sh", "kubernetes.sh", "control-plane.sh"]
+
+
+# --------------------------------------------------------------------------- shellcheck
+
+
+def test_shellcheck_clean():
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed")
+    scripts = sorted(str(p) for p in PROVISION.glob("*.sh"))
+    assert scripts
+    result = subprocess.run(["shellcheck", "-x", *scripts], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_scripts_are_strict_bash():
+    for path in PROVISION.glob("*.sh"):
+        text = path.read_text()
+        assert text.startswith("#!/usr/bin/env bash\n"), path.name
+        assert "set -euo pipefail" in text, path.name
+
+
+# --------------------------------------------------------------------------- nodeenv
+
+
+def test_node_env_derives_everything_from_config():
+    env, cfg = lab_env("seed-2020")
+    node = cfg.node("k8s-master01")
+    assert env["NODE_NAME"] == "k8s-master01"
+    assert env["NODE_IPV4"] == str(node.ipv4) and env["NODE_IPV6"] == str(node.ipv6)
+    assert env["GATEWAY_IPV6"] == str(cfg.gateway_ipv6)
+    assert env["DOCKER_FIXED_CIDR_V6"] == "fd00:1::/64"
+    assert env["DOCKER_VERSION"] == "19.03.5"
+    assert env["KUBERNETES_VERSION"] == "1.17.2" and env["KUBERNETES_SOURCE"] == "archive"
+    assert len(env["KUBERNETES_ARCHIVE_SUM"]) == 128
+    assert env["CRI_DOCKERD_URL"] == ""
+    assert env["CENTOS_VAULT_URL"].startswith("https://vault.centos.org/7.9.2009")
+    current, _ = lab_env("current")
+    assert current["KUBERNETES_SOURCE"] == "packages" and current["KUBERNETES_MINOR"] == "1.36"
+    assert current["CRI_DOCKERD_URL"].endswith(".amd64.tgz") and len(current["CRI_DOCKERD_SHA256"]) == 64
+    containerd, _ = lab_env("current", "containerd")
+    assert containerd["RUNTIME"] == "containerd" and containerd["CRI_DOCKERD_URL"] == ""
+    assert all(isinstance(v, str) for v in env.values())
+
+
+def test_env_file_is_safe_to_source(tmp_path):
+    env = {"A": "plain", "B": "it's $(not run) `x` \"q\"", "C": ""}
+    path = tmp_path / "node.env"
+    path.write_text(env_file_text(env))
+    out = subprocess.run(["bash", "-c", f'set -eu; . {shlex.quote(str(path))}; printf "%s|%s|%s" "$A" "$B" "$C"'],
+                         capture_output=True, text=True, check=True).stdout
+    assert out == "plain|it's $(not run) `x` \"q\"|"
+    with pytest.raises(ValueError):
+        env_file_text({"bad-name": "x"})
+    with pytest.raises(ValueError):
+        env_file_text({"A": "two\nlines"})
+
+
+# --------------------------------------------------------------------------- full runs
+
+SCENARIOS = {
+    # id: (family, os-release id, profile, runtime)
+    "el7-seed-2020": ("el7", None, "seed-2020", None),
+    "el9-current-docker": ("el9", None, "current", None),
+    "debian-current-docker": ("debian", None, "current", None),
+    "el9-current-containerd": ("el9", "alma9", "current", "containerd"),
+}
+
+
+def prepare_scenario(tmp_path, scenario):
+    family, os_id, profile, runtime = SCENARIOS[scenario]
+    node = Node(tmp_path, family, os_id)
+    env, cfg = lab_env(profile, runtime)
+    node.assign_ipv4(env["NODE_IPV4"])
+    node.write("opt/dslab/kubeadm-config.yaml", "kind: InitConfiguration\n")
+    downloads = {}
+    if env["CRI_DOCKERD_URL"]:
+        sum_ = fake_tarball(tmp_path / "cri-dockerd.tgz", {"cri-dockerd/cri-dockerd": "#!/bin/sh\necho cri-dockerd\n"})
+        downloads[env["CRI_DOCKERD_URL"]] = str(tmp_path / "cri-dockerd.tgz")
+        env["CRI_DOCKERD_SHA256"] = sum_  # the real pin is for the real tarball
+    if env["KUBERNETES_ARCHIVE_URL"]:
+        fake_tarball(tmp_path / "node.tar.gz", {f"kubernetes/node/bin/{b}": f"#!/bin/sh\necho {b}\n"
+                                                for b in ("kubeadm", "kubelet", "kubectl", "kube-proxy")})
+        downloads[env["KUBERNETES_ARCHIVE_URL"]] = str(tmp_path / "node.tar.gz")
+        env["KUBERNETES_ARCHIVE_SUM"] = hashlib.sha512((tmp_path / "node.tar.gz").read_bytes()).hexdigest()
+    if family == "debian":
+        node.preinstall("docker.io", ["dockerd", "docker"], "20.10.24+dfsg1-1")
+        state = node.state()
+        state["services"]["docker"] = {"enabled": True, "active": True, "masked": False}
+        node.save(state)
+    node.update(downloads=downloads)
+    return node, env, cfg
+
+
+def run_all(node, env):
+    for script in SCRIPTS:
+        node.run(script, env)
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_full_run_then_idempotent_rerun(tmp_path, scenario):
+    node, env, cfg = prepare_scenario(tmp_path, scenario)
+    family, _, profile, runtime = SCENARIOS[scenario]
+    run_all(node, env)
+    calls = node.calls()
+
+    # network
+    assert has(calls, "ip", "-6", "addr", "add", f"{env['NODE_IPV6']}/64", "dev", "eth1")
+    assert has(calls, "ip", "-6", "addr", "del", "fd00:db1::5054:ff:fe12:3456/64", "dev", "eth1")
+    assert has(calls, "ip", "-6", "route", "replace", "default", "via", env["GATEWAY_IPV6"], "dev", "eth1")
+    assert has(calls, "sysctl", "-w", "net.ipv6.conf.eth1.accept_ra=0")
+    assert has(calls, "sysctl", "-w", "net.ipv6.conf.eth1.autoconf=0")
+    assert has(calls, "hostnamectl", "set-hostname", "k8s-master01")
+    assert "k8s-master01" not in node.read("etc/hosts")
+    # prepare
+    assert has(calls, "swapoff", "-a")
+    assert "#/dev/mapper/centos-swap" in node.read("etc/fstab")
+    for module in ("br_netfilter", "overlay", "ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_sh"):
+        assert has(calls, "modprobe", module)
+    conntrack = "nf_conntrack_ipv4" if family == "el7" else "nf_conntrack"
+    assert has(calls, "modprobe", conntrack)
+    assert conntrack in node.read("etc/modules-load.d/dslab.conf").split()
+    for key in ("net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables",
+                "net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"):
+        assert has(calls, "sysctl", "-w", f"{key}=1")
+        assert f"{key}=1" in node.read("etc/sysctl.d/90-dslab.conf")
+    assert contains(calls, "ipset") and contains(calls, "ipvsadm")
+    # kubernetes
+    assert has(calls, "systemctl", "enable", "kubelet")
+    assert not any(c[0] == "systemctl" and "--now" in c and "kubelet" in c for c in calls)
+    assert not any(c[0] == "systemctl" and c[1:2] == ["start"] and "kubelet" in c for c in calls)
+    # control plane
+    assert has(calls, "kubeadm", "config", "images", "pull", "--config", "/opt/dslab/kubeadm-config.yaml")
+    assert has(calls, "kubeadm", "init", "--config", "/opt/dslab/kubeadm-config.yaml")
+    pull = calls.index(["kubeadm", "config", "images", "pull", "--config", "/opt/dslab/kubeadm-config.yaml"])
+    assert pull < calls.index(["kubeadm", "init", "--config", "/opt/dslab/kubeadm-config.yaml"])
+
+    if runtime != "containerd":
+        daemon = json.loads(node.read("etc/docker/daemon.json"))
+        assert daemon == {**DAEMON_JSON, "fixed-cidr-v6": str(cfg.docker_ipv6_cidr)}
+        assert has(calls, "systemctl", "enable", "docker") or family == "debian"
+    else:
+        toml = node.read("etc/containerd/config.toml")
+        assert "SystemdCgroup = true" in toml and "SystemdCgroup = false" not in toml
+        assert has(calls, "systemctl", "enable", "containerd")
+        assert has(calls, "dnf", "install", "-y", "containerd.io")
+        assert not node.root.joinpath("etc/docker/daemon.json").exists()
+
+    if scenario == "el7-seed-2020":
+        assert has(calls, "setenforce", "0")
+        assert "SELINUX=permissive" in node.read("etc/selinux/config")
+        assert has(calls, "systemctl", "stop", "firewalld") and has(calls, "systemctl", "disable", "firewalld")
+        repo = node.read("etc/yum.repos.d/CentOS-Base.repo")
+        assert "baseurl=https://vault.centos.org/7.9.2009/os/$basearch/" in repo
+        assert "\nmirrorlist=" not in repo
+        install = next(c for c in calls if c[:3] == ["yum", "install", "-y"] and "ipset" in c)
+        assert {"ipvsadm", "conntrack-tools", "socat", "ebtables", "ethtool"} <= set(install)
+        assert has(calls, "yum", "install", "-y", "docker-ce-19.03.5", "docker-ce-cli-19.03.5", "containerd.io")
+        ifcfg = node.read("etc/sysconfig/network-scripts/ifcfg-eth1")
+        assert f"IPV6ADDR={env['NODE_IPV6']}/64" in ifcfg and f"IPV6_DEFAULTGW={env['GATEWAY_IPV6']}" in ifcfg
+        assert "IPV6_AUTOCONF=no" in ifcfg and "BOOTPROTO=dhcp" in ifcfg
+        assert contains(calls, "curl", "https://dl.k8s.io/v1.17.2/kubernetes-node-linux-amd64.tar.gz")
+        for binary in ("kubeadm", "kubelet", "kubectl"):
+            assert os.access(node.root / "usr/bin" / binary, os.X_OK)
+        assert node.read("etc/systemd/system/kubelet.service").startswith("[Unit]")
+        dropin = node.read("etc/systemd/system/kubelet.service.d/10-kubeadm.conf")
+        assert "EnvironmentFile=-/var/lib/kubelet/kubeadm-flags.env" in dropin
+        assert "EnvironmentFile=-/etc/sysconfig/kubelet" in dropin
+        assert "ExecStart=/usr/bin/kubelet $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS $KUBELET_KUBEADM_ARGS $KUBELET_EXTRA_ARGS" in dropin
+        assert has(calls, "systemctl", "daemon-reload")
+        assert not node.root.joinpath("etc/systemd/system/cri-docker.service").exists()
+    if family == "el9":
+        assert has(calls, "nmcli", "connection", "modify", "System eth1", "ipv6.method", "manual",
+                   "ipv6.addresses", f"{env['NODE_IPV6']}/64", "ipv6.gateway", env["GATEWAY_IPV6"])
+        assert has(calls, "nmcli", "device", "reapply", "eth1")
+        assert has(calls, "systemctl", "mask", "systemd-zram-setup@zram0.service")
+        repo = node.read("etc/yum.repos.d/kubernetes.repo")
+        assert "baseurl=https://pkgs.k8s.io/core:/stable:/v1.36/rpm/" in repo
+        assert "exclude=kubelet kubeadm kubectl cri-tools kubernetes-cni" in repo
+        assert has(calls, "dnf", "install", "-y", "kubelet-1.36.0", "kubeadm-1.36.0", "kubectl-1.36.0",
+                   "--disableexcludes=kubernetes")
+    if scenario == "el9-current-docker":
+        assert has(calls, "dnf", "install", "-y", "docker-ce", "docker-ce-cli", "containerd.io")
+        assert contains(calls, "curl", "https://download.docker.com/linux/centos/docker-ce.repo")
+    if family == "debian":
+        assert not contains(calls, "docker-ce")  # Debian's docker.io is already there
+        assert has(calls, "systemctl", "mask", "dev-sda5.swap")
+        stanza = node.read("etc/network/interfaces.d/dslab-ipv6-eth1")
+        assert "iface eth1 inet6 static" in stanza and f"address {env['NODE_IPV6']}/64" in stanza
+        assert f"gateway {env['GATEWAY_IPV6']}" in stanza and "accept_ra 0" in stanza
+        assert node.read("etc/network/interfaces").endswith("iface eth1 inet dhcp\n")  # IPv4 untouched
+        assert "signed-by=/etc/apt/keyrings/kubernetes-apt-keyring.asc] https://pkgs.k8s.io/core:/stable:/v1.36/deb/ /" \
+            in node.read("etc/apt/sources.list.d/kubernetes.list")
+        assert contains(calls, "apt-get", "install", "kubelet=1.36.0-*", "kubeadm=1.36.0-*", "kubectl=1.36.0-*")
+        assert has(calls, "apt-mark", "hold", "kubelet")
+        assert not contains(calls, "getenforce") and not contains(calls, "setenforce")
+    if profile == "current" and runtime != "containerd":
+        unit = node.read("etc/systemd/system/cri-docker.service")
+        exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+        assert "--ipv6-dual-stack" in exec_start.split() and "--network-plugin=cni" in exec_start.split()
+        assert os.access(node.root / "usr/local/bin/cri-dockerd", os.X_OK)
+        assert has(calls, "systemctl", "enable", "cri-docker.socket")
+        assert has(calls, "systemctl", "enable", "cri-docker.service")
+
+    # second run: nothing changes
+    before = node.snapshot()
+    node.clear_calls()
+    run_all(node, env)
+    second = node.calls()
+    assert second, "the second run should still inspect the node"
+    assert changing(second) == []
+    assert node.snapshot() == before
+
+
+@pytest.mark.parametrize("script,fail,step", [
+    ("prepare.sh", "modprobe ip_vs", "kernel modules"),
+    ("prepare.sh", "sysctl -w net.ipv4.ip_forward=1", "sysctl"),
+    ("network.sh", "ip -6 addr add", "ipv6 runtime (eth1)"),
+    ("runtime.sh", "dnf install", "docker install"),
+    ("kubernetes.sh", "systemctl enable kubelet", "kubelet enable"),
+    ("control-plane.sh", "kubeadm init", "kubeadm init"),
+])
+def test_failing_command_stops_with_step_name(tmp_path, script, fail, step):
+    node, env, _ = prepare_scenario(tmp_path, "el9-current-docker")
+    if script in ("kubernetes.sh", "control-plane.sh"):
+        node.run("prepare.sh", env)
+    node.update(fail=[fail])
+    node.clear_calls()
+    result = node.run(script, env, check=False)
+    assert result.returncode != 0
+    assert f"dslab: step '{step}' failed: {fail}" in result.stderr
+    assert "(exit 1)" in result.stderr
+    # nothing after the failing call
+    calls = node.calls()
+    last = " ".join(calls[-1])
+    assert last.startswith(fail)
+
+
+def _core(text: str) -> str:
+    start = text.index("# >>> core")
+    start = text.index("\n", start) + 1
+    return text[start:text.index("# <<< core")]
+
+
+def test_network_sh_core_matches_lib():
+    assert _core((PROVISION / "network.sh").read_text()) == _core((PROVISION / "lib.sh").read_text())
+
+
+def test_network_sh_runs_alone_like_vagrant_uploads_it(tmp_path):
+    node, env, _ = prepare_scenario(tmp_path, "debian-current-docker")
+    alone = tmp_path / "vagrant-shell"
+    alone.mkdir()
+    shutil.copy(PROVISION / "network.sh", alone / "vagrant-shell")
+    node.run(str(alone / "vagrant-shell"), env)
+    assert has(node.calls(), "hostnamectl", "set-hostname", "k8s-master01")
+    assert "iface eth1 inet6 static" in node.read("etc/network/interfaces.d/dslab-ipv6-eth1")
+
+
+def test_env_file_argument(tmp_path):
+    node, env, _ = prepare_scenario(tmp_path, "el9-current-docker")
+    env_file = tmp_path / "node.env"
+    env_file.write_text(env_file_text(env))
+    node.run("network.sh", {}, str(env_file))
+    assert has(node.calls(), "hostnamectl", "set-hostname", "k8s-master01")
+
+
+def test_missing_setting_is_named(tmp_path):
+    node, env, _ = prepare_scenario(tmp_path, "el9-current-docker")
+    env = {k: v for k, v in env.items() if k != "NODE_IPV6"}
+    result = node.run("network.sh", env, check=False)
+    assert result.returncode != 0 and "NODE_IPV6 is not set" in result.stderr
+    assert changing(node.calls()) == []
+
+
+# --------------------------------------------------------------------------- details
+
+
+def test_daemon_json_merge_keeps_other_keys(tmp_path):
+    node, env, cfg = prepare_scenario(tmp_path, "el9-current-docker")
+    node.write("etc/docker/daemon.json", json.dumps({
+        "registry-mirrors": ["https://mirror.example"], "log-opts": {"max-file": "3"}, "ipv6": False}))
+    node.run("runtime.sh", env)
+    daemon = json.loads(node.read("etc/docker/daemon.json"))
+    assert daemon["registry-mirrors"] == ["https://mirror.example"]
+    assert daemon["log-opts"] == {"max-file": "3", "max-size": "100m"}
+    assert daemon["ipv6"] is True and daemon["fixed-cidr-v6"] == str(cfg.docker_ipv6_cidr)
+    assert daemon["exec-opts"] == ["native.cgroupdriver=systemd"]
+
+
+def test_daemon_json_change_restarts_running_docker_only_then(tmp_path):
+    node, env, _ = prepare_scenario(tmp_path, "debian-current-docker")
+    node.run("runtime.sh", env)
+    assert has(node.calls(), "systemctl", "restart", "docker")
+    node.clear_calls()
+    node.run("runtime.sh", env)
+    assert not contains(node.calls(), "restart")
+    # an equivalent file with other formatting is left alone
+    data = json.loads(node.read("etc/docker/daemon.json"))
+    node.write("etc/docker/daemon.json", json.dumps(data))
+    node.clear_calls()
+    node.run("runtime.sh", env)
+    assert node.read("etc/docker/daemon.json") == json.dumps(data)
+    assert changing(node.calls()) == []
+
+
+def test_hosts_keeps_other_lines_and_names(tmp_path):
+    node, env, _ = prepare_scenario(tmp_path, "el9-current-docker")
+    node.write("etc/hosts", "127.0.0.1 localhost k8s-master01 k8s-master01.dslab.internal\n"
+                            "127.0.1.1 k8s-master01\n::1 localhost k8s-master01\n"
+                            "# comment k8s-master01\n192.168.200.11 k8s-master01\n10.0.0.1 k8s-master01x\n")
+    node.run("network.sh", env)
+    assert node.read("etc/hosts") == ("127.0.0.1 localhost\n::1 localhost\n# comment k8s-master01\n"
+                                      "192.168.200.11 k8s-master01\n10.0.0.1 k8s-master01x\n")
+
+
+def test_el7_creates_ifcfg_when_absent(tmp_path):
+    node, env, _ = prepare_scenario(tmp_path, "el7-seed-2020")
+    (node.root / "etc/sysconfig/network-scripts/ifcfg-eth1").unlink()
+    node.run("network.sh", env)
+    ifcfg = node.read("etc/sysconfig/network-scripts/ifcfg-eth1")
+    assert ifcfg.startswith("DEVICE=eth1\nBOOTPROTO=dhcp\n") and "IPV6INIT=yes" in ifcfg
+
+
+def test_interface_not_found(tmp_path):
+    node, env, _ = prepare_scenario(tmp_path, "debian-current-docker")
+    node.assign_ipv4("192.168.200.99")
+    result = node.run("network.sh", env, check=False)
+    assert result.returncode != 0
+    assert f"step 'detect' failed: no interface has the address {env['NODE_IPV4']}" in result.stderr
+
+
+def test_join_once(tmp_path):
+    node, _, _ = prepare_scenario(tmp_path, "el9-current-docker")
+    env, _ = lab_env("current", None, "k8s-worker01")
+    node.write("opt/dslab/kubeadm-join.yaml", "kind: JoinConfiguration\n")
+    node.run("join.sh", env)
+    assert has(node.calls(), "kubeadm", "join", "--config", "/opt/dslab/kubeadm-join.yaml")
+    node.clear_calls()
+    node.run("join.sh", env)
+    assert changing(node.calls()) == []
+
+
+def test_join_without_config_fails_clearly(tmp_path):
+    node, env, _ = prepare_scenario(tmp_path, "el9-current-docker")
+    result = node.run("join.sh", env, check=False)
+    assert result.returncode != 0 and "kubeadm-join.yaml not found" in result.stderr
+
+
+def test_unsupported_os(tmp_path):
+    node, env, _ = prepare_scenario(tmp_path, "el9-current-docker")
+    node.write("etc/os-release", 'ID="ubuntu"\nVERSION_ID="24.04"\n')
+    result = node.run("prepare.sh", env, check=False)
+    assert result.returncode != 0 and "unsupported OS: ID=ubuntu" in result.stderr
+
+
+# --------------------------------------------------------------------------- fetch.sh
+
+
+@pytest.fixture
+def fetch_node(tmp_path):
+    node = Node(tmp_path, "debian")
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(b"payload\n")
+    node.update(downloads={"https://example.invalid/payload.bin": str(payload)})
+    return node, payload
+
+
+@pytest.mark.parametrize("algo", ["sha256", "sha512"])
+def test_fetch_downloads_verifies_and_skips(fetch_node, algo):
+    node, payload = fetch_node
+    digest = hashlib.new(algo, payload.read_bytes()).hexdigest()
+    node.run("fetch.sh", {}, "https://example.invalid/payload.bin", digest, "/var/cache/dslab/payload.bin")
+    assert node.read("var/cache/dslab/payload.bin") == "payload\n"
+    assert contains(node.calls(), "curl", "-fsSL", "--retry")
+    node.clear_calls()
+    node.run("fetch.sh", {}, "https://example.invalid/payload.bin", digest, "/var/cache/dslab/payload.bin")
+    assert node.calls() == []
+
+
+def test_fetch_mismatch_names_url_and_sums(fetch_node):
+    node, payload = fetch_node
+    wrong = "0" * 64
+    actual = hashlib.sha256(payload.read_bytes()).hexdigest()
+    result = node.run("fetch.sh", {}, "https://example.invalid/payload.bin", wrong, "/var/cache/dslab/payload.bin",
+                      check=False)
+    assert result.returncode != 0
+    assert f"checksum mismatch for https://example.invalid/payload.bin: expected {wrong}, got {actual}" in result.stderr
+    assert not (node.root / "var/cache/dslab/payload.bin").exists()
+    assert list((node.root / "var/cache/dslab").iterdir()) == []  # no partial file left
+
+
+def test_fetch_rejects_missing_sum(fetch_node):
+    node, _ = fetch_node
+    result = node.run("fetch.sh", {}, "https://example.invalid/payload.bin", "", "/tmp/x", check=False)
+    assert result.returncode != 0 and "no usable checksum" in result.stderr
+    assert node.calls() == []
