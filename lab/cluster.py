@@ -19,10 +19,10 @@ from .context import Context
 from .errors import StepError
 from .render import PROVISION_DIR, bootstrap_token
 
-REMOTE_DIR = "/opt/dslab"
-REMOTE_ENV = f"{REMOTE_DIR}/node.env"
-REMOTE_KUBEADM = f"{REMOTE_DIR}/kubeadm-config.yaml"
-REMOTE_JOIN = f"{REMOTE_DIR}/kubeadm-join.yaml"
+REMOTE_DIR = nodeenv.REMOTE_DIR
+REMOTE_ENV = nodeenv.ENV_FILE
+REMOTE_KUBEADM = nodeenv.KUBEADM_CONFIG
+REMOTE_JOIN = nodeenv.KUBEADM_JOIN_CONFIG
 REMOTE_CALICO_UPSTREAM = f"{REMOTE_DIR}/calico-upstream.yaml"
 REMOTE_CALICO = f"{REMOTE_DIR}/calico.yaml"
 ADMIN_CONF = "/etc/kubernetes/admin.conf"

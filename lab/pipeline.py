@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, List, Optional, TextIO
 
-from . import cluster, machines, network, preflight, render, workloads
+from . import cluster, machines, network, preflight, profiles, render, workloads
 from .config import LabConfig
 from .context import Context, State
 from .errors import LabError, StepError
@@ -83,6 +83,8 @@ class UpRun:
 
 def _preflight(run: UpRun) -> None:
     cfg, warnings = preflight.check(run.cfg)
+    for step, problem in profiles.missing_pins(cfg.profile, cfg.runtime):
+        warnings.append(f"profile {cfg.profile.name}: {problem} (lab/profiles.py); step {step} will stop there")
     for warning in warnings:
         run.status.line("warn", warning)
     run.cfg = cfg

@@ -9,7 +9,7 @@ today's supported versions. The profile fills every setting the user did not set
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import List, Mapping, Optional, Tuple
 
 
 @dataclass(frozen=True)
@@ -137,6 +137,27 @@ SEED_2020 = Profile(
     ),
     centos_vault_url="https://vault.centos.org/7.9.2009",
 )
+
+def _unpinned(download: Optional[Download]) -> bool:
+    return download is None or not download.url or not (download.sha256 or download.sha512)
+
+
+def missing_pins(profile: Profile, runtime: str) -> List[Tuple[str, str]]:
+    """(step, problem) for every download of ``profile`` that has no URL or checksum.
+
+    Such a step refuses to run rather than install something unchecked.
+    """
+    found = []
+    if runtime == "docker" and profile.name == "current" and _unpinned(profile.cri_dockerd):
+        found.append(("runtime", "cri-dockerd has no pinned URL and checksum"))
+    if profile.kubernetes_node_archive is not None and _unpinned(profile.kubernetes_node_archive):
+        found.append(("kubernetes", "the Kubernetes node archive has no checksum"))
+    if _unpinned(profile.calico_manifest):
+        found.append(("cni", f"the Calico {profile.calico_version} manifest has no pinned URL and sha256"))
+    if not profile.metallb_manifests or any(_unpinned(d) for d in profile.metallb_manifests):
+        found.append(("metallb", f"a MetalLB {profile.metallb_version} manifest has no pinned URL and sha256"))
+    return found
+
 
 PROFILES = {p.name: p for p in (CURRENT, SEED_2020)}
 DEFAULT_PROFILE = CURRENT.name

@@ -40,6 +40,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from . import nodeenv
 from .config import AddressRange, LabConfig
 from .context import Context
 from .errors import ConfigError, StepError
@@ -49,8 +50,8 @@ METALLB_NAMESPACE = "metallb-system"
 APP = "my-nginx"
 REPLICAS = 3
 PORT = 80
-REMOTE_MANIFEST_DIR = "/opt/dslab/manifests"
-FETCH = "/opt/dslab/provision/fetch.sh"
+REMOTE_MANIFEST_DIR = f"{nodeenv.REMOTE_DIR}/manifests"
+FETCH = f"{nodeenv.REMOTE_DIR}/provision/fetch.sh"
 
 SVC_IPV4 = "my-nginx-svc-ipv4"
 SVC_IPV6 = "my-nginx-svc-ipv6"
