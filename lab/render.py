@@ -59,6 +59,7 @@ def vagrantfile(cfg: LabConfig) -> str:
         gateway_ipv6=cfg.gateway_ipv6,
         domain=cfg.domain,
         network_script=PROVISION_DIR / "network.sh",
+        lib_script=PROVISION_DIR / "lib.sh",
     )
 
 

@@ -9,7 +9,6 @@
 # (/etc, /proc, /sys, /usr, /var, /opt); commands are found on PATH.
 set -euo pipefail
 
-# >>> core: copied verbatim into network.sh (run alone by Vagrant); keep both equal
 DSLAB_ROOT=${DSLAB_ROOT:-}
 DSLAB_STEP=${DSLAB_STEP:-start}
 DSLAB_SCRIPT=$(basename "${0:-dslab}")
@@ -105,7 +104,6 @@ write_file() {
   return 0
 }
 
-# <<< core
 
 # unit_enabled UNIT / unit_active UNIT: systemd state checks (read-only).
 unit_enabled() { systemctl is-enabled --quiet "$1" 2>/dev/null; }

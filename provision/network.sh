@@ -6,107 +6,11 @@
 # IPv4 configuration of the NIC is never touched.
 #
 # Reads: NODE_NAME NODE_IPV4 NODE_IPV6 NODE_IPV6_PREFIXLEN GATEWAY_IPV6
-# Standalone: Vagrant's shell provisioner uploads this one file, so the core of lib.sh is
-# copied here (tests/test_provision.py checks that the copy matches lib.sh).
+# At machine creation Vagrant uploads lib.sh first and names it in DSLAB_LIB.
 set -euo pipefail
 
-# >>> core: copied verbatim from lib.sh
-DSLAB_ROOT=${DSLAB_ROOT:-}
-DSLAB_STEP=${DSLAB_STEP:-start}
-DSLAB_SCRIPT=$(basename "${0:-dslab}")
-export DSLAB_HERE
-DSLAB_HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-
-log() { printf 'dslab: %s: %s\n' "$DSLAB_SCRIPT" "$*" >&2; }
-warn() { printf 'dslab: %s: warning: %s\n' "$DSLAB_SCRIPT" "$*" >&2; }
-
-# die MESSAGE: stop the script, naming the current step.
-die() {
-  printf "dslab: step '%s' failed: %s\n" "$DSLAB_STEP" "$*" >&2
-  exit 1
-}
-
-# Backstop for a failing command that did not go through `run`.
-_dslab_on_err() {
-  local rc=$1 cmd=$2
-  printf "dslab: step '%s' failed: %s (exit %s)\n" "$DSLAB_STEP" "$cmd" "$rc" >&2
-  exit "$rc"
-}
-set -E
-trap '_dslab_on_err "$?" "$BASH_COMMAND"' ERR
-
-# step NAME: start a named step (used in failure messages).
-step() {
-  DSLAB_STEP=$1
-  log "== $1"
-}
-
-# run CMD ARGS...: run a changing command; a failure stops the script naming the step.
-run() {
-  log "+ $*"
-  local rc=0
-  "$@" || rc=$?
-  if ((rc != 0)); then
-    die "$* (exit $rc)"
-  fi
-}
-
-# load_env [FILE]: source the env file written by lab.nodeenv, when given.
-load_env() {
-  if [[ $# -ge 1 && -n ${1:-} ]]; then
-    [[ -r $1 ]] || die "env file $1 is not readable"
-    # shellcheck disable=SC1090
-    . "$1"
-  fi
-}
-
-# need VAR...: every named variable must be set and non-empty.
-need() {
-  local var
-  for var in "$@"; do
-    [[ -n ${!var:-} ]] || die "variable $var is not set (pass it in the environment or the env file)"
-  done
-}
-
-# os_family: el7, el9 or debian, from /etc/os-release.
-os_family() {
-  local file="$DSLAB_ROOT/etc/os-release" id="" like="" version=""
-  [[ -r $file ]] || die "$file not found; cannot tell the OS"
-  # shellcheck source=/dev/null
-  read -r id version like < <(. "$file" && printf '%s %s %s\n' "${ID:-none}" "${VERSION_ID:-0}" "${ID_LIKE:-}")
-  case "$id" in
-    debian) printf 'debian\n'; return 0 ;;
-  esac
-  case " $id $like " in
-    *" rhel "* | *" centos "* | *" fedora "*)
-      case "${version%%.*}" in
-        7) printf 'el7\n'; return 0 ;;
-        9) printf 'el9\n'; return 0 ;;
-      esac
-      ;;
-  esac
-  die "unsupported OS: ID=$id VERSION_ID=$version (supported: CentOS 7, EL9, Debian 12)"
-}
-
-# write_file PATH MODE: write stdin to $DSLAB_ROOT/PATH only when the content differs.
-# Returns 0 when it wrote, 1 when the file was already up to date.
-write_file() {
-  # Called as a condition (set -e is off there), so every failure is checked by hand.
-  local path="$DSLAB_ROOT$1" mode=$2 tmp
-  tmp=$(mktemp) || die "mktemp failed"
-  cat >"$tmp" || die "cannot buffer the content of $1"
-  if [[ -f $path ]] && cmp -s "$tmp" "$path"; then
-    rm -f "$tmp"
-    return 1
-  fi
-  log "write $1"
-  mkdir -p "$(dirname "$path")" || die "cannot create the directory of $1"
-  install -m "$mode" "$tmp" "$path" || die "cannot write $1"
-  rm -f "$tmp"
-  return 0
-}
-
-# <<< core
+# shellcheck source=provision/lib.sh
+. "${DSLAB_LIB:-$(dirname "${BASH_SOURCE[0]}")/lib.sh}"
 
 # The interface holding NODE_IPV4.
 find_interface() {

@@ -485,22 +485,14 @@ def test_failing_command_stops_with_step_name(tmp_path, script, fail, step):
     assert last.startswith(fail)
 
 
-def _core(text: str) -> str:
-    start = text.index("# >>> core")
-    start = text.index("\n", start) + 1
-    return text[start:text.index("# <<< core")]
-
-
-def test_network_sh_core_matches_lib():
-    assert _core((PROVISION / "network.sh").read_text()) == _core((PROVISION / "lib.sh").read_text())
-
-
-def test_network_sh_runs_alone_like_vagrant_uploads_it(tmp_path):
+def test_network_sh_runs_as_vagrant_uploads_it(tmp_path):
+    """Vagrant uploads network.sh alone as /tmp/vagrant-shell, lib.sh by the file provisioner."""
     node, env, _ = prepare_scenario(tmp_path, "debian-current-docker")
     alone = tmp_path / "vagrant-shell"
     alone.mkdir()
     shutil.copy(PROVISION / "network.sh", alone / "vagrant-shell")
-    node.run(str(alone / "vagrant-shell"), env)
+    shutil.copy(PROVISION / "lib.sh", tmp_path / "dslab-lib.sh")
+    node.run(str(alone / "vagrant-shell"), {**env, "DSLAB_LIB": str(tmp_path / "dslab-lib.sh")})
     assert has(node.calls(), "hostnamectl", "set-hostname", "k8s-master01")
     assert "iface eth1 inet6 static" in node.read("etc/network/interfaces.d/dslab-ipv6-eth1")
 
