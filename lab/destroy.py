@@ -43,22 +43,30 @@ def _backing_files(pool) -> List[str]:
     return paths
 
 
-def libvirt_leftovers(cfg: LabConfig, conn) -> Dict[str, List[str]]:
-    """What libvirt holds of the lab: domains, volumes and networks, by name."""
+def _pool(conn, name: str):
+    """The active storage pool ``name`` (refreshed), or None when it is absent or inactive."""
     import libvirt  # noqa: PLC0415
 
-    found = {"domains": [d.name() for d in conn.listAllDomains(0) if d.name().startswith(cfg.domain_prefix)],
-             "volumes": [], "networks": []}
     try:
-        pool = conn.storagePoolLookupByName(cfg.storage_pool)
-        if pool.isActive():
-            pool.refresh(0)
-            found["volumes"] = [v.name() for v in pool.listAllVolumes(0) if v.name().startswith(cfg.domain_prefix)]
+        pool = conn.storagePoolLookupByName(name)
     except libvirt.libvirtError as exc:
         if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
             raise
-    found["networks"] = [n.name() for n in conn.listAllNetworks(0) if n.name() == cfg.network_name]
-    return found
+        return None
+    if not pool.isActive():
+        return None
+    pool.refresh(0)
+    return pool
+
+
+def libvirt_leftovers(cfg: LabConfig, conn) -> Dict[str, List[str]]:
+    """What libvirt holds of the lab: domains, volumes and networks, by name."""
+    pool = _pool(conn, cfg.storage_pool)
+    return {
+        "domains": [d.name() for d in conn.listAllDomains(0) if d.name().startswith(cfg.domain_prefix)],
+        "volumes": [v.name() for v in pool.listAllVolumes(0) if v.name().startswith(cfg.domain_prefix)] if pool else [],
+        "networks": [n.name() for n in conn.listAllNetworks(0) if n.name() == cfg.network_name],
+    }
 
 
 def destroy(cfg: LabConfig, log_path: Path, report=print) -> Dict[str, List[str]]:
@@ -71,20 +79,13 @@ def destroy(cfg: LabConfig, log_path: Path, report=print) -> Dict[str, List[str]
     except LabError as exc:
         report(f"vagrant destroy failed ({exc}); removing by name instead")
 
-    conn = network.connect(cfg.libvirt_uri)
-    try:
+    with network.connect(cfg.libvirt_uri) as conn:
         for dom in conn.listAllDomains(0):
             if dom.name().startswith(cfg.domain_prefix):
                 _undefine_domain(dom, libvirt)
                 removed["domains"].append(dom.name())
-        try:
-            pool = conn.storagePoolLookupByName(cfg.storage_pool)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
-                raise
-            pool = None
-        if pool is not None and pool.isActive():
-            pool.refresh(0)
+        pool = _pool(conn, cfg.storage_pool)
+        if pool is not None:
             for vol in pool.listAllVolumes(0):
                 if vol.name().startswith(cfg.domain_prefix):
                     vol.delete(0)
@@ -96,8 +97,6 @@ def destroy(cfg: LabConfig, log_path: Path, report=print) -> Dict[str, List[str]
                     removed["volumes"].append(vol.name())
         if network.delete_network(cfg, conn):
             removed["networks"].append(cfg.network_name)
-    finally:
-        conn.close()
     remove_state(cfg.state_dir)
     return removed
 

@@ -8,11 +8,12 @@ built as XML with ElementTree; it is named after the lab, so destroy can find it
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import subprocess
 import xml.etree.ElementTree as ET
-from typing import Iterable, List
+from typing import Iterable, Iterator, List
 
 from .config import LabConfig
 from .errors import LabError, PreflightError
@@ -70,14 +71,22 @@ def _libvirt():
     return libvirt
 
 
-def connect(uri: str):
-    """Open a libvirt connection, or raise a one-line :class:`PreflightError`."""
+@contextlib.contextmanager
+def connect(uri: str) -> Iterator:
+    """``with connect(uri) as conn:`` a libvirt connection, closed afterwards.
+
+    A failure to connect is a one-line :class:`PreflightError`.
+    """
     libvirt = _libvirt()
     try:
-        return libvirt.open(uri)
+        conn = libvirt.open(uri)
     except libvirt.libvirtError as exc:
         raise PreflightError([f"lab.libvirt_uri: cannot connect to {uri}: {exc.get_error_message()}; "
                               "is libvirtd running and are you allowed to use it?"]) from exc
+    try:
+        yield conn
+    finally:
+        conn.close()
 
 
 def _lookup(conn, name):

@@ -91,11 +91,8 @@ def _preflight(run: UpRun) -> None:
 
 
 def _network(run: UpRun) -> None:
-    conn = network.connect(run.cfg.libvirt_uri)
-    try:
+    with network.connect(run.cfg.libvirt_uri) as conn:
         action = network.ensure_network(run.cfg, conn)
-    finally:
-        conn.close()
     run.log(f"network {run.cfg.network_name}: {action}")
 
 
@@ -104,11 +101,8 @@ def _render(run: UpRun) -> None:
 
 
 def _machines(run: UpRun) -> None:
-    conn = network.connect(run.cfg.libvirt_uri)
-    try:
+    with network.connect(run.cfg.libvirt_uri) as conn:
         running = machines.domains_running(run.cfg, conn)
-    finally:
-        conn.close()
     if len(running) < len(run.cfg.nodes) or not (run.cfg.state_dir / "ssh_config").exists():
         # New or restarted machines: what later steps did may be gone with them.
         forget_after(run.state, "prepare")
@@ -207,11 +201,8 @@ def up(cfg: LabConfig, until: Optional[str] = None, status: Optional[Status] = N
 
 def _alive(run: UpRun) -> bool:
     if not hasattr(run, "_alive"):
-        conn = network.connect(run.cfg.libvirt_uri)
-        try:
+        with network.connect(run.cfg.libvirt_uri) as conn:
             run._alive = len(machines.domains_running(run.cfg, conn)) == len(run.cfg.nodes)
-        finally:
-            conn.close()
     return run._alive
 
 

@@ -55,38 +55,41 @@ def check(cfg: LabConfig) -> Tuple[LabConfig, List[str]]:
         problems.append("vagrant-libvirt: plugin missing; install it (apt-get install vagrant-libvirt, "
                         "or vagrant plugin install vagrant-libvirt)")
     try:
-        conn = network.connect(cfg.libvirt_uri)
+        with network.connect(cfg.libvirt_uri) as conn:
+            cfg = _check_libvirt(cfg, conn, problems, warnings)
     except PreflightError as exc:
-        raise PreflightError(problems + exc.problems) from None
-    try:
-        import libvirt  # noqa: PLC0415
-
-        try:
-            pool = conn.storagePoolLookupByName(cfg.storage_pool)
-            if not pool.isActive():
-                problems.append(f"lab.storage_pool: pool {cfg.storage_pool!r} is not active; "
-                                f"start it with: virsh pool-start {cfg.storage_pool}")
-        except libvirt.libvirtError:
-            problems.append(f"lab.storage_pool: no pool {cfg.storage_pool!r} at {cfg.libvirt_uri}; create it "
-                            f"(virsh pool-define-as {cfg.storage_pool} dir --target /var/lib/libvirt/images "
-                            f"&& virsh pool-start {cfg.storage_pool}) or set lab.storage_pool")
-        if cfg.libvirt_driver == "kvm" and not kvm_available(conn):
-            warnings.append("lab.libvirt_driver: KVM is not usable here; using 'qemu' (software emulation, slow)")
-            cfg = dataclasses.replace(cfg, libvirt_driver="qemu")
-        running = set(machines.domains_running(cfg, conn))
-        needed_mb = cfg.memory_mb * len([n for n in cfg.nodes if n.name not in running])
-        free_mb = conn.getFreeMemory() // MIB
-        if needed_mb and free_mb < needed_mb + HOST_RESERVE_MB:
-            problems.append(f"lab.memory_mb: the machines need {needed_mb} MiB but the host has {free_mb} MiB free; "
-                            "lower lab.memory_mb or lab.workers, or free memory")
-        taken = [(f"libvirt network {name}", net) for name, net in network.network_ranges(conn)
-                 if name != cfg.network_name]
-        if is_local(cfg.libvirt_uri):
-            taken += [(where, net) for where, net in network.host_ranges()
-                      if not where.endswith(f" {cfg.bridge_name}")]
-        problems.extend(network.clashes(cfg, taken))
-    finally:
-        conn.close()
+        problems.extend(exc.problems)
     if problems:
         raise PreflightError(problems)
     return cfg, warnings
+
+
+def _check_libvirt(cfg: LabConfig, conn, problems: List[str], warnings: List[str]) -> LabConfig:
+    """The checks that need libvirt; returns the config to use (driver fallback)."""
+    import libvirt  # noqa: PLC0415
+
+    try:
+        pool = conn.storagePoolLookupByName(cfg.storage_pool)
+        if not pool.isActive():
+            problems.append(f"lab.storage_pool: pool {cfg.storage_pool!r} is not active; "
+                            f"start it with: virsh pool-start {cfg.storage_pool}")
+    except libvirt.libvirtError:
+        problems.append(f"lab.storage_pool: no pool {cfg.storage_pool!r} at {cfg.libvirt_uri}; create it "
+                        f"(virsh pool-define-as {cfg.storage_pool} dir --target /var/lib/libvirt/images "
+                        f"&& virsh pool-start {cfg.storage_pool}) or set lab.storage_pool")
+    if cfg.libvirt_driver == "kvm" and not kvm_available(conn):
+        warnings.append("lab.libvirt_driver: KVM is not usable here; using 'qemu' (software emulation, slow)")
+        cfg = dataclasses.replace(cfg, libvirt_driver="qemu")
+    running = set(machines.domains_running(cfg, conn))
+    needed_mb = cfg.memory_mb * len([n for n in cfg.nodes if n.name not in running])
+    free_mb = conn.getFreeMemory() // MIB
+    if needed_mb and free_mb < needed_mb + HOST_RESERVE_MB:
+        problems.append(f"lab.memory_mb: the machines need {needed_mb} MiB but the host has {free_mb} MiB free; "
+                        "lower lab.memory_mb or lab.workers, or free memory")
+    taken = [(f"libvirt network {name}", net) for name, net in network.network_ranges(conn)
+             if name != cfg.network_name]
+    if is_local(cfg.libvirt_uri):
+        taken += [(where, net) for where, net in network.host_ranges()
+                  if not where.endswith(f" {cfg.bridge_name}")]
+    problems.extend(network.clashes(cfg, taken))
+    return cfg

@@ -6,7 +6,6 @@ line per problem and a non-zero status.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -79,11 +78,8 @@ def status(c):
 
     cfg = _load(c)
     try:
-        conn = network.connect(cfg.libvirt_uri)
-        try:
+        with network.connect(cfg.libvirt_uri) as conn:
             running = set(machines.domains_running(cfg, conn))
-        finally:
-            conn.close()
     except LabError as exc:
         raise _fail(exc) from None
     for node in cfg.nodes:

@@ -77,14 +77,11 @@ def wait_for_answer(libvirtd, server, name, rrtype):
 @pytest.mark.libvirtd
 def test_lab_network_on_real_libvirtd_answers_both_families_and_is_destroyed(libvirtd, tmp_path):
     cfg = lab_config(tmp_path)
-    conn = network.connect(libvirtd.uri)
-    try:
+    with network.connect(libvirtd.uri) as conn:
         assert network.ensure_network(cfg, conn) == "defined"
         assert network.ensure_network(cfg, conn) == "kept"
         net = conn.networkLookupByName(cfg.network_name)
         assert net.isActive() and net.autostart()
-    finally:
-        conn.close()
     assert cfg.network_name in libvirtd.networks()
 
     for server in (str(cfg.gateway_ipv4), str(cfg.gateway_ipv6)):
@@ -121,8 +118,7 @@ def test_changed_network_is_replaced_and_other_networks_are_left_alone(libvirtd,
                          "external_ipv4": "192.168.201.145", "external_ipv6": "fd00:db2::120",
                          "state_dir": str(tmp_path / "other")})
     cfg = lab_config(tmp_path)
-    conn = network.connect(libvirtd.uri)
-    try:
+    with network.connect(libvirtd.uri) as conn:
         network.ensure_network(other, conn)
         network.ensure_network(cfg, conn)
         # The other lab's range is now taken: a lab planned on it is refused at up time.
@@ -136,8 +132,6 @@ def test_changed_network_is_replaced_and_other_networks_are_left_alone(libvirtd,
         assert network.ensure_network(changed, conn) == "replaced"
         root = ET.fromstring(conn.networkLookupByName(cfg.network_name).XMLDesc(0))
         assert len(root.findall("ip/dhcp/host")) == 4
-    finally:
-        conn.close()
     destroy.destroy(cfg, tmp_path / "d.log", report=lambda line: None)
     assert "otherlab" in libvirtd.networks()
     destroy.destroy(other, tmp_path / "d.log", report=lambda line: None)

@@ -14,7 +14,6 @@ import pytest
 from lab import config
 from lab.context import Context, Result
 from lab.verify import CHECK_NAMES, UnknownCheckError, format_report, run_checks, write_json, write_junit
-from lab.verify import cluster
 from lab.verify.model import CheckResult, Outcome, Report
 from lab.verify.parse import BEGIN, END
 

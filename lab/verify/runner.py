@@ -17,7 +17,7 @@ import time
 import traceback
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Callable, Iterable, List, Optional, Sequence, TextIO
+from typing import Callable, List, Optional, Sequence, TextIO
 
 from ..errors import LabError
 from .e2e import E2E_DESCRIPTION, E2E_NAME, run_e2e
