@@ -11,6 +11,7 @@ import io
 import shlex
 import subprocess
 import tarfile
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -18,6 +19,8 @@ from .context import Command, Result
 from .errors import StepError
 
 SSH_OPTIONS = ("-o", "BatchMode=yes", "-o", "ConnectTimeout=20", "-o", "LogLevel=ERROR")
+#: One ssh connection per node, reused by every command (a login costs seconds on a slow VM).
+CONTROL_PERSIST_S = 60
 DEFAULT_TIMEOUT_S = 1800
 
 
@@ -34,6 +37,11 @@ class SshRunner:
         self.log_path = log_path
         self.step = step
 
+    def _multiplex(self):
+        # %C is a hash of the connection, so the socket path stays short whatever the state dir.
+        path = Path(tempfile.gettempdir()) / "dslab-ssh-%C"
+        return ("-o", "ControlMaster=auto", "-o", f"ControlPath={path}", "-o", f"ControlPersist={CONTROL_PERSIST_S}")
+
     def _log(self, text: str) -> None:
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,7 +52,8 @@ class SshRunner:
             check: bool = True) -> Result:
         """Run ``command`` as root on ``node``; see :class:`~lab.context.Runner`."""
         line = as_shell(command)
-        argv = ["ssh", "-F", str(self.ssh_config), *SSH_OPTIONS, node, "sudo", "bash", "-c", shlex.quote(line)]
+        argv = ["ssh", "-F", str(self.ssh_config), *SSH_OPTIONS, *self._multiplex(), node,
+                "sudo", "bash", "-c", shlex.quote(line)]
         self._log(f"[{node}] $ {line}")
         binary = isinstance(input, bytes)
         try:

@@ -68,10 +68,25 @@ def wait_for_answer(libvirtd, server, name, rrtype):
     answer = []
     while time.monotonic() < deadline:
         answer = dig(libvirtd, server, name, rrtype)
-        if answer:
+        if answer and not answer[0].startswith(";;"):
             break
         time.sleep(1)
     return answer
+
+
+def plug_guest_port(libvirtd, bridge):
+    """A veth pair on the bridge, as a guest's NIC would be: the bridge gets carrier and its
+    IPv6 address leaves the tentative state (no carrier, no DAD, no IPv6 service)."""
+    libvirtd.run(["ip", "link", "add", "dslabt-port", "type", "veth", "peer", "name", "dslabt-guest"])
+    libvirtd.run(["ip", "link", "set", "dslabt-port", "master", bridge, "up"])
+    libvirtd.run(["ip", "link", "set", "dslabt-guest", "up"])
+    deadline = time.monotonic() + DNS_WAIT_S
+    while time.monotonic() < deadline:
+        shown = libvirtd.run(["ip", "-6", "addr", "show", "dev", bridge, "scope", "global"]).stdout
+        if "inet6" in shown and "tentative" not in shown:
+            return
+        time.sleep(1)
+    raise AssertionError(f"IPv6 on {bridge} stayed tentative: {shown}")
 
 
 @pytest.mark.libvirtd
@@ -83,6 +98,7 @@ def test_lab_network_on_real_libvirtd_answers_both_families_and_is_destroyed(lib
         net = conn.networkLookupByName(cfg.network_name)
         assert net.isActive() and net.autostart()
     assert cfg.network_name in libvirtd.networks()
+    plug_guest_port(libvirtd, cfg.bridge_name)
 
     for server in (str(cfg.gateway_ipv4), str(cfg.gateway_ipv6)):
         for node in cfg.nodes:
@@ -97,6 +113,7 @@ def test_lab_network_on_real_libvirtd_answers_both_families_and_is_destroyed(lib
     # Names outside the lab are not forwarded anywhere.
     assert dig(libvirtd, str(cfg.gateway_ipv4), f"nothing.{cfg.domain}", "A") == []
 
+    libvirtd.run(["ip", "link", "del", "dslabt-port"])
     cfg.state_dir.mkdir(parents=True)
     (cfg.state_dir / "network.xml").write_text(network.network_xml(cfg))
     removed = destroy.destroy(cfg, tmp_path / "destroy.log", report=lambda line: None)
