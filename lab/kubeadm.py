@@ -55,8 +55,8 @@ KUBELET_API = "kubelet.config.k8s.io/v1beta1"
 KUBE_PROXY_API = "kubeproxy.config.k8s.io/v1alpha1"
 
 CRI_DOCKERSHIM = "/var/run/dockershim.sock"
-CRI_DOCKERD = "unix:///var/run/cri-dockerd.sock"
-CRI_CONTAINERD = "unix:///run/containerd/containerd.sock"
+CRI_DOCKERD = "unix:///var/run/cri-dockerd.sock"  # cri-dockerd's default and its socket unit's %t/cri-dockerd.sock
+CRI_CONTAINERD = "unix:///var/run/containerd/containerd.sock"  # install-kubeadm.md, known endpoints
 
 TAINT_MASTER = "node-role.kubernetes.io/master"
 TAINT_CONTROL_PLANE = "node-role.kubernetes.io/control-plane"

@@ -26,8 +26,10 @@ packages_current() {
   done
 }
 
-# As in the kubeadm install docs: one repository per minor, kube packages excluded from
-# ordinary updates and installed with --disableexcludes=kubernetes.
+# As in the kubeadm install docs (kubernetes/website .../tools/kubeadm/install-kubeadm.md): one
+# repository per minor, kube packages excluded from ordinary updates and installed with
+# --disableexcludes=kubernetes. "kubelet-1.36.0" is dnf's name-version form; it matches the
+# repository's kubelet-1.36.0-<release> (the upgrade page pins with kubeadm-'1.36.x-*').
 install_rpm() {
   local family=$1 repo="$KUBERNETES_REPO_BASE/v$KUBERNETES_MINOR/rpm/" pkg
   step "kubernetes repository"
@@ -53,10 +55,9 @@ EOF
 install_deb() {
   local repo="$KUBERNETES_REPO_BASE/v$KUBERNETES_MINOR/deb/" key=/etc/apt/keyrings/kubernetes-apt-keyring.asc pkg held
   step "kubernetes repository"
-  if [[ ! -f $DSLAB_ROOT$key ]]; then
-    mkdir -p "$DSLAB_ROOT/etc/apt/keyrings"
-    run curl -fsSL --retry 5 -o "$DSLAB_ROOT$key" "${repo}Release.key"
-  fi
+  # The install page dearmors Release.key into kubernetes-apt-keyring.gpg; apt (Debian 12: 2.6)
+  # reads the armoured key as it is from a *.asc file, so it is kept as downloaded (apt_asc_key).
+  apt_asc_key "${repo}Release.key" "$key"
   local list_changed=0
   if write_file /etc/apt/sources.list.d/kubernetes.list 0644 <<EOF; then list_changed=1; fi
 deb [signed-by=$key] $repo /
@@ -66,6 +67,8 @@ EOF
     run env DEBIAN_FRONTEND=noninteractive apt-get update
     list_changed=0
     local wanted=()
+    # pkgs.k8s.io debs are versioned <upstream>-<revision> (1.36.0-1.1); the upgrade page pins
+    # with kubeadm='1.36.x-*', an apt version glob.
     for pkg in "${K8S_PACKAGES[@]}"; do wanted+=("$pkg=$KUBERNETES_VERSION-*"); done
     pkg_install debian --allow-change-held-packages "${wanted[@]}"
   fi

@@ -104,6 +104,24 @@ write_file() {
   return 0
 }
 
+# apt_asc_key URL PATH: an apt repository's ASCII-armoured signing key at PATH (/etc/apt/keyrings/*.asc),
+# fetched once. apt >= 1.4 reads armoured keys from files named *.asc (apt-key(8), "Supported keyring
+# files"), signed-by included; the key must be readable by the _apt user (sources.list(5),
+# Signed-By). As Docker's Debian install page does: install -m 0755 -d /etc/apt/keyrings, then
+# chmod a+r the key. Kept armoured, no gpg --dearmor (no gnupg needed on the node).
+apt_asc_key() {
+  local url=$1 path=$2
+  [[ $path == *.asc ]] || die "apt reads an armoured key only from a file named *.asc (got $path)"
+  if [[ ! -f $DSLAB_ROOT$path ]]; then
+    run install -m 0755 -d "$DSLAB_ROOT$(dirname "$path")"
+    run curl -fsSL --retry 5 -o "$DSLAB_ROOT$path" "$url"
+  fi
+  if ! grep -q -- '-----BEGIN PGP PUBLIC KEY BLOCK-----' "$DSLAB_ROOT$path"; then
+    rm -f "$DSLAB_ROOT$path"
+    die "$url did not give an ASCII-armoured OpenPGP key (removed $path; apt would reject it)"
+  fi
+  chmod a+r "$DSLAB_ROOT$path" || die "cannot make $path readable"
+}
 
 # unit_enabled UNIT / unit_active UNIT: systemd state checks (read-only).
 unit_enabled() { systemctl is-enabled --quiet "$1" 2>/dev/null; }

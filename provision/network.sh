@@ -69,6 +69,11 @@ persist_debian() {
       warn "$f also has an inet6 stanza for $ifname; ifupdown will apply both"
     fi
   done
+  if ! grep -Eq '^[[:space:]]*(source[[:space:]]+/etc/network/interfaces\.d/|source-directory[[:space:]]+(/etc/network/)?interfaces\.d)' \
+    "$DSLAB_ROOT/etc/network/interfaces" 2>/dev/null; then
+    warn "/etc/network/interfaces does not source /etc/network/interfaces.d; the IPv6 stanza will not persist"
+  fi
+  # interfaces(5), inet6 static: address (with /prefix), gateway, accept_ra, autoconf.
   # No dot in the name: interfaces.d is also read with source-directory (run-parts names).
   if write_file "/etc/network/interfaces.d/dslab-ipv6-$ifname" 0644 <<EOF; then :; fi
 # dslab: static IPv6 of the lab NIC (the IPv4 side stays as configured elsewhere).

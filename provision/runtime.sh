@@ -19,16 +19,17 @@ docker_repo() {
   local family=$1 codename
   case "$family" in
     el7 | el9)
+      # What `dnf config-manager --add-repo <base>/centos/docker-ce.repo` (CentOS Stream 9's
+      # dnf4, docker/docs centos.md) and `yum-config-manager --add-repo` (EL7) do: save that file
+      # as /etc/yum.repos.d/docker-ce.repo. Done with curl, so no dnf-plugins-core/yum-utils.
       if [[ ! -f $DSLAB_ROOT/etc/yum.repos.d/docker-ce.repo ]]; then
         mkdir -p "$DSLAB_ROOT/etc/yum.repos.d"
         run curl -fsSL --retry 5 -o "$DSLAB_ROOT/etc/yum.repos.d/docker-ce.repo" "$DOCKER_REPO_BASE/centos/docker-ce.repo"
       fi
       ;;
     debian)
-      if [[ ! -f $DSLAB_ROOT/etc/apt/keyrings/docker.asc ]]; then
-        mkdir -p "$DSLAB_ROOT/etc/apt/keyrings"
-        run curl -fsSL --retry 5 -o "$DSLAB_ROOT/etc/apt/keyrings/docker.asc" "$DOCKER_REPO_BASE/debian/gpg"
-      fi
+      # docker/docs content/manuals/engine/install/debian.md: key at /etc/apt/keyrings/docker.asc.
+      apt_asc_key "$DOCKER_REPO_BASE/debian/gpg" /etc/apt/keyrings/docker.asc
       # shellcheck source=/dev/null
       codename=$(. "$DSLAB_ROOT/etc/os-release" && printf '%s' "${VERSION_CODENAME:-bookworm}")
       if write_file /etc/apt/sources.list.d/docker.list 0644 <<EOF; then run env DEBIAN_FRONTEND=noninteractive apt-get update; fi
@@ -49,6 +50,9 @@ install_docker() {
   case "$family" in
     el7 | el9)
       if [[ -n $v ]]; then
+        # name-version: yum/dnf match it against the packages' [epoch:]version-release
+        # (docker-ce-19.03.5 -> docker-ce-19.03.5-3.el7); containerd.io is left unpinned, as in
+        # the docs' install-a-specific-version command.
         pkg_install "$family" "docker-ce-$v" "docker-ce-cli-$v" containerd.io
       else
         pkg_install "$family" docker-ce docker-ce-cli containerd.io
@@ -134,8 +138,13 @@ install_cri_dockerd() {
   CRI_DOCKERD_CHANGED=1
 }
 
-# Units modelled on upstream packaging/systemd/cri-docker.{service,socket}; ExecStart adds
-# the CNI network plugin and --ipv6-dual-stack (without it pods report only one IP).
+# Units modelled on upstream packaging/systemd/cri-docker.{service,socket} (Mirantis/cri-dockerd;
+# the socket is %t/cri-dockerd.sock since cri-dockerd#26, i.e. the unix:///var/run/cri-dockerd.sock
+# kubeadm knows). Upstream's ExecStart has --network-plugin= (none); here --network-plugin=cni for
+# Calico and --ipv6-dual-stack (without it pods report only one IP). --pod-infra-container-image is
+# left at cri-dockerd's built-in default: a pause tag other than kubeadm's is at most a preflight
+# warning (kubernetes#115610, 1.27+) and one extra image pull, never a failure.
+# The release tarball holds cri-dockerd/cri-dockerd (packaging/static/Makefile).
 cri_dockerd_units() {
   step "cri-dockerd units"
   if write_file /etc/systemd/system/cri-docker.service 0644 <<EOF; then CRI_DOCKERD_CHANGED=1; fi

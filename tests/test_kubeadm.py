@@ -137,9 +137,9 @@ def test_init_fields(profile):
 def test_current_containerd_socket():
     cfg = cfg_of("current", runtime="containerd")
     d = docs_of(cfg, kubeadm.new_token())
-    assert d["InitConfiguration"]["nodeRegistration"]["criSocket"] == "unix:///run/containerd/containerd.sock"
+    assert d["InitConfiguration"]["nodeRegistration"]["criSocket"] == "unix:///var/run/containerd/containerd.sock"
     join = kubeadm.join_config(cfg, cfg.workers[0], kubeadm.new_token(), HASH)
-    assert join["nodeRegistration"]["criSocket"] == "unix:///run/containerd/containerd.sock"
+    assert join["nodeRegistration"]["criSocket"] == "unix:///var/run/containerd/containerd.sock"
 
 
 def test_nftables_mode_has_no_ipvs_block():

@@ -71,6 +71,10 @@ HOSTS = ("127.0.0.1   localhost localhost.localdomain\n"
          "::1 localhost ip6-localhost ip6-loopback\n"
          "192.168.200.5 other.example other\n")
 
+#: What an apt repository's Release.key / gpg looks like: an ASCII-armoured OpenPGP public key.
+ARMOURED_KEY = ("-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmQINBGZtEST\n=abcd\n"
+                "-----END PGP PUBLIC KEY BLOCK-----\n")
+
 DAEMON_JSON = {
     "exec-opts": ["native.cgroupdriver=systemd"],
     "log-driver": "json-file",
@@ -146,7 +150,8 @@ class Node:
             state["zram_unit_files"] = ["systemd-zram-setup@.service"]
         if family == "debian":
             state["swap_units"] = ["dev-sda5.swap"]
-            self.write("etc/network/interfaces", "auto eth1\nallow-hotplug eth1\niface eth1 inet dhcp\n")
+            self.write("etc/network/interfaces", "source /etc/network/interfaces.d/*\n\n"
+                       "auto eth1\nallow-hotplug eth1\niface eth1 inet dhcp\n")
         self.save(state)
         (self.stub / "calls.log").write_text("")
 
@@ -333,6 +338,10 @@ def prepare_scenario(tmp_path, scenario):
         downloads[env["KUBERNETES_ARCHIVE_URL"]] = str(tmp_path / "node.tar.gz")
         env["KUBERNETES_ARCHIVE_SUM"] = hashlib.sha512((tmp_path / "node.tar.gz").read_bytes()).hexdigest()
     if family == "debian":
+        key = tmp_path / "armoured.key"
+        key.write_text(ARMOURED_KEY)
+        downloads[f"{env['KUBERNETES_REPO_BASE']}/v{env['KUBERNETES_MINOR']}/deb/Release.key"] = str(key)
+        downloads[f"{env['DOCKER_REPO_BASE']}/debian/gpg"] = str(key)
         node.preinstall("docker.io", ["dockerd", "docker"], "20.10.24+dfsg1-1")
         state = node.state()
         state["services"]["docker"] = {"enabled": True, "active": True, "masked": False}
@@ -425,7 +434,10 @@ def test_full_run_then_idempotent_rerun(tmp_path, scenario):
         assert has(calls, "systemctl", "mask", "systemd-zram-setup@zram0.service")
         repo = node.read("etc/yum.repos.d/kubernetes.repo")
         assert "baseurl=https://pkgs.k8s.io/core:/stable:/v1.36/rpm/" in repo
-        assert "exclude=kubelet kubeadm kubectl cri-tools kubernetes-cni" in repo
+        assert repo == ("[kubernetes]\nname=Kubernetes\nbaseurl=https://pkgs.k8s.io/core:/stable:/v1.36/rpm/\n"
+                        "enabled=1\ngpgcheck=1\n"
+                        "gpgkey=https://pkgs.k8s.io/core:/stable:/v1.36/rpm/repodata/repomd.xml.key\n"
+                        "exclude=kubelet kubeadm kubectl cri-tools kubernetes-cni\n")
         assert has(calls, "dnf", "install", "-y", "kubelet-1.36.0", "kubeadm-1.36.0", "kubectl-1.36.0",
                    "--disableexcludes=kubernetes")
     if scenario == "el9-current-docker":
@@ -438,15 +450,22 @@ def test_full_run_then_idempotent_rerun(tmp_path, scenario):
         assert "iface eth1 inet6 static" in stanza and f"address {env['NODE_IPV6']}/64" in stanza
         assert f"gateway {env['GATEWAY_IPV6']}" in stanza and "accept_ra 0" in stanza
         assert node.read("etc/network/interfaces").endswith("iface eth1 inet dhcp\n")  # IPv4 untouched
-        assert "signed-by=/etc/apt/keyrings/kubernetes-apt-keyring.asc] https://pkgs.k8s.io/core:/stable:/v1.36/deb/ /" \
-            in node.read("etc/apt/sources.list.d/kubernetes.list")
+        assert node.read("etc/apt/sources.list.d/kubernetes.list") == \
+            "deb [signed-by=/etc/apt/keyrings/kubernetes-apt-keyring.asc] https://pkgs.k8s.io/core:/stable:/v1.36/deb/ /\n"
+        keyring = node.root / "etc/apt/keyrings/kubernetes-apt-keyring.asc"
+        assert keyring.read_text() == ARMOURED_KEY and keyring.stat().st_mode & 0o044 == 0o044  # _apt reads it
+        assert contains(calls, "curl", "https://pkgs.k8s.io/core:/stable:/v1.36/deb/Release.key")
         assert contains(calls, "apt-get", "install", "kubelet=1.36.0-*", "kubeadm=1.36.0-*", "kubectl=1.36.0-*")
         assert has(calls, "apt-mark", "hold", "kubelet")
         assert not contains(calls, "getenforce") and not contains(calls, "setenforce")
     if profile == "current" and runtime != "containerd":
         unit = node.read("etc/systemd/system/cri-docker.service")
         exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
-        assert "--ipv6-dual-stack" in exec_start.split() and "--network-plugin=cni" in exec_start.split()
+        assert exec_start.split() == ["ExecStart=/usr/local/bin/cri-dockerd", "--container-runtime-endpoint", "fd://",
+                                      "--network-plugin=cni", "--ipv6-dual-stack"]
+        assert "Requires=cri-docker.socket" in unit.splitlines()
+        socket = node.read("etc/systemd/system/cri-docker.socket").splitlines()
+        assert "ListenStream=%t/cri-dockerd.sock" in socket and "SocketGroup=docker" in socket
         assert os.access(node.root / "usr/local/bin/cri-dockerd", os.X_OK)
         assert has(calls, "systemctl", "enable", "cri-docker.socket")
         assert has(calls, "systemctl", "enable", "cri-docker.service")
@@ -635,3 +654,37 @@ def test_fetch_rejects_missing_sum(fetch_node):
     result = node.run("fetch.sh", {}, "https://example.invalid/payload.bin", "", "/tmp/x", check=False)
     assert result.returncode != 0 and "no usable checksum" in result.stderr
     assert node.calls() == []
+
+
+def test_debian_interfaces_without_source_line_warns(tmp_path):
+    node, env, _ = prepare_scenario(tmp_path, "debian-current-docker")
+    assert "does not source" not in node.run("network.sh", env).stderr  # Debian's default file does
+    node.write("etc/network/interfaces", "auto eth1\niface eth1 inet dhcp\n")
+    result = node.run("network.sh", env)
+    assert "does not source /etc/network/interfaces.d" in result.stderr
+
+
+def test_apt_key_must_be_armoured(tmp_path):
+    node, env, _ = prepare_scenario(tmp_path, "debian-current-docker")
+    state = node.state()
+    state["downloads"].pop(f"{env['KUBERNETES_REPO_BASE']}/v{env['KUBERNETES_MINOR']}/deb/Release.key")
+    node.save(state)  # the stub then serves a non-key body
+    result = node.run("kubernetes.sh", env, check=False)
+    assert result.returncode != 0
+    assert "did not give an ASCII-armoured OpenPGP key" in result.stderr
+    assert not (node.root / "etc/apt/keyrings/kubernetes-apt-keyring.asc").exists()
+    assert not contains(node.calls(), "apt-get", "install")
+
+
+def test_debian_docker_repo_key_and_line(tmp_path):
+    node, env, _ = prepare_scenario(tmp_path, "debian-current-docker")
+    state = node.state()
+    state["packages"].pop("docker.io")
+    node.save(state)
+    for command in ("dockerd", "docker"):
+        (node.stub / "bin" / command).unlink()
+    node.run("runtime.sh", env)
+    assert node.read("etc/apt/keyrings/docker.asc") == ARMOURED_KEY
+    assert node.read("etc/apt/sources.list.d/docker.list") == (
+        "deb [arch=amd64 signed-by=/etc/apt/keyrings/docker.asc] https://download.docker.com/linux/debian bookworm stable\n")
+    assert contains(node.calls(), "apt-get", "install", "docker-ce", "docker-ce-cli", "containerd.io")
