@@ -45,22 +45,20 @@ def upload_inputs(ctx: Context, node: Node) -> None:
     ctx.runner.put_text(node.name, nodeenv.env_file_text(nodeenv.node_env(ctx.cfg, node)), REMOTE_ENV)
 
 
-def run_script(ctx: Context, node: Node, script: str) -> None:
-    """Upload the inputs and run ``provision/<script>`` on ``node``."""
-    upload_inputs(ctx, node)
-    ctx.runner.run(node.name, ["bash", f"{REMOTE_DIR}/provision/{script}", REMOTE_ENV])
-
-
-def script_step(script: str, nodes: Callable[[Context], Iterable[Node]] = lambda ctx: ctx.cfg.nodes):
-    """A step that runs ``script`` on every node of ``nodes(ctx)`` in parallel."""
+def script_step(*scripts: str, nodes: Callable[[Context], Iterable[Node]] = lambda ctx: ctx.cfg.nodes):
+    """A step that runs ``scripts``, in order, on every node of ``nodes(ctx)`` in parallel."""
     def step(ctx: Context) -> None:
-        on_nodes(nodes(ctx), lambda node: run_script(ctx, node, script))
+        def on_node(node: Node) -> None:
+            upload_inputs(ctx, node)
+            for script in scripts:
+                ctx.runner.run(node.name, ["bash", f"{REMOTE_DIR}/provision/{script}", REMOTE_ENV])
+        on_nodes(nodes(ctx), on_node)
     return step
 
 
 prepare = script_step("prepare.sh")
 runtime = script_step("runtime.sh")
-kubernetes = script_step("kubernetes.sh")
+kubernetes = script_step("cri-dockerd.sh", "kubernetes.sh")
 
 
 def control_plane(ctx: Context) -> None:

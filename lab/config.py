@@ -97,9 +97,10 @@ CPUS_MAX = 64
 WORKERS_MAX = 20
 CONTROL_PLANE_HOST = 11
 FIRST_WORKER_HOST = 21
+#: qemu URIs (local or remote, with optional query) and the test driver's.
+LIBVIRT_URI = re.compile(r"^(qemu(\+[a-z]+)?://[^\s/]*/(system|session)(\?\S*)?|test://\S+)$")
 DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 DNS_NAME = re.compile(r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-INT_SETTINGS = ("memory_mb", "cpus", "workers", "node_cidr_mask_ipv4", "node_cidr_mask_ipv6", "ready_timeout")
 
 IPNetwork = ipaddress._BaseNetwork  # noqa: SLF001 - the common base of both families
 IPAddress = ipaddress._BaseAddress  # noqa: SLF001
@@ -208,13 +209,13 @@ class LabConfig:
 
     @property
     def network_name(self) -> str:
-        """Name of the lab's libvirt network (and its bridge prefix)."""
-        return self.name
+        """Name of the lab's libvirt network: the lab prefix, like its domains and volumes."""
+        return f"{self.domain_prefix}net"
 
     @property
     def bridge_name(self) -> str:
-        """Linux bridge of the lab network (15 characters at most)."""
-        return f"{self.name}br0"[:15] if len(self.name) <= 12 else f"{self.name[:12]}br0"
+        """Linux bridge of the lab network: unique per lab name, 13 characters."""
+        return "dslab" + hashlib.sha256(self.name.encode()).hexdigest()[:8]
 
     def node(self, name: str) -> Node:
         """The node called ``name``."""
@@ -438,7 +439,7 @@ def validate(raw: Mapping[str, Any]) -> LabConfig:
     if driver not in DRIVERS:
         problems.add("libvirt_driver", f"{driver!r} is unknown; use 'kvm' or 'qemu' (software emulation)")
     uri = str(raw.get("libvirt_uri"))
-    if not re.match(r"^(qemu|test)(\+[a-z]+)?://[^\s]*/(system|session|default)$", uri):
+    if not LIBVIRT_URI.match(uri):
         problems.add("libvirt_uri", f"{uri!r} is not a libvirt URI; use qemu:///system or qemu+ssh://user@host/system")
     for key in ("storage_pool", "state_dir"):
         if not isinstance(raw.get(key), str) or not raw.get(key).strip():
@@ -519,7 +520,7 @@ def validate(raw: Mapping[str, Any]) -> LabConfig:
         storage_pool=raw["storage_pool"].strip(),
         memory_mb=memory,
         cpus=cpus,
-        state_dir=Path(raw["state_dir"]).expanduser(),
+        state_dir=_state_dir(raw["state_dir"]),
         domain=domain,
         nodes=nodes,
         network_ipv4=net4,
@@ -540,6 +541,17 @@ def validate(raw: Mapping[str, Any]) -> LabConfig:
         ready_timeout=timeout,
         raw=dict(raw),
     )
+
+
+#: The project's top directory (where tasks.py lives): relative state directories are under it.
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+def _state_dir(value: str) -> Path:
+    """``value`` as an absolute path; a relative one is taken from the project directory,
+    so every task finds the same lab wherever it is run from."""
+    path = Path(value.strip()).expanduser()
+    return path if path.is_absolute() else PROJECT_DIR / path
 
 
 def _check_nodes(problems, nodes, net4, net6, dhcp4, dhcp6):

@@ -60,13 +60,20 @@ class State:
         """The recorded value of ``key``."""
         return self._data.get(key, default)
 
+    def _reload(self) -> None:
+        # Other State objects on the same file may have written since: never drop their keys.
+        if self.path.exists():
+            self._data = json.loads(self.path.read_text())
+
     def set(self, key: str, value) -> None:
         """Record ``key`` and write the file atomically."""
+        self._reload()
         self._data[key] = value
         self._save()
 
     def delete(self, key: str) -> None:
         """Forget ``key``."""
+        self._reload()
         if self._data.pop(key, None) is not None:
             self._save()
 

@@ -12,8 +12,6 @@ import subprocess
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import vagrant
-
 from .config import LabConfig
 from .errors import StepError
 
@@ -29,7 +27,14 @@ def vagrant_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     return env
 
 
-def _vagrant(cfg: LabConfig, log_path: Path) -> vagrant.Vagrant:
+#: What python-vagrant raises: a failed vagrant (CalledProcessError), no vagrant at all
+#: (RuntimeError), or an unrunnable one (OSError).
+VAGRANT_ERRORS = (subprocess.CalledProcessError, RuntimeError, OSError)
+
+
+def _vagrant(cfg: LabConfig, log_path: Path):
+    import vagrant  # noqa: PLC0415 - python-vagrant warns at import when vagrant is missing
+
     log_path.parent.mkdir(parents=True, exist_ok=True)
     return vagrant.Vagrant(
         root=str(cfg.state_dir.resolve()),
@@ -51,7 +56,7 @@ def up(cfg: LabConfig, log_path: Path) -> None:
     """``vagrant up`` every machine (vagrant-libvirt brings them up in parallel)."""
     try:
         _vagrant(cfg, log_path).up(provider="libvirt")
-    except subprocess.CalledProcessError as exc:
+    except VAGRANT_ERRORS as exc:
         raise StepError("machines", f"vagrant up failed ({tail(log_path, 2) or exc})", log_path) from exc
 
 
@@ -59,7 +64,7 @@ def ssh_config(cfg: LabConfig, log_path: Path) -> Path:
     """Write ``vagrant ssh-config`` of every machine to the state directory; return its path."""
     try:
         text = _vagrant(cfg, log_path).ssh_config()
-    except subprocess.CalledProcessError as exc:
+    except VAGRANT_ERRORS as exc:
         raise StepError("machines", "vagrant ssh-config failed; are the machines up?", log_path) from exc
     missing = [n.name for n in cfg.nodes if f"Host {n.name}\n" not in text]
     if missing:
@@ -69,21 +74,13 @@ def ssh_config(cfg: LabConfig, log_path: Path) -> Path:
     return path
 
 
-def status(cfg: LabConfig, log_path: Path) -> Dict[str, str]:
-    """Vagrant's state of every machine (``running``, ``shutoff``, ``not_created``...)."""
-    if not (cfg.state_dir / "Vagrantfile").exists():
-        return {n.name: "not_created" for n in cfg.nodes}
-    found = {s.name: s.state for s in _vagrant(cfg, log_path).status()}
-    return {n.name: found.get(n.name, "not_created") for n in cfg.nodes}
-
-
 def destroy(cfg: LabConfig, log_path: Path) -> None:
     """``vagrant destroy -f`` of every machine (nothing happens without a Vagrantfile)."""
     if not (cfg.state_dir / "Vagrantfile").exists():
         return
     try:
         _vagrant(cfg, log_path).destroy()
-    except subprocess.CalledProcessError as exc:
+    except VAGRANT_ERRORS as exc:
         raise StepError("destroy", f"vagrant destroy failed ({tail(log_path, 2) or exc})", log_path) from exc
 
 

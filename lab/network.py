@@ -102,6 +102,7 @@ def _lookup(conn, name):
 def _canonical(xml: str) -> str:
     """The parts of a network definition the lab controls, for comparison."""
     root = ET.fromstring(xml)
+    root.attrib.clear()  # an active network in use carries connections='N'
     for tag in ("uuid", "mac"):
         for el in root.findall(tag):
             root.remove(el)
@@ -219,15 +220,13 @@ def host_ranges() -> List[tuple]:
     return found
 
 
-def clashes(cfg: LabConfig, taken: Iterable[tuple], own_bridge: str = None) -> List[str]:
+def clashes(cfg: LabConfig, taken: Iterable[tuple]) -> List[str]:
     """Lines naming every lab range that overlaps something already in use."""
     ours = [("network_ipv4", cfg.network_ipv4), ("network_ipv6", cfg.network_ipv6),
             ("pod_subnets", cfg.pod_subnets[0]), ("pod_subnets", cfg.pod_subnets[1]),
             ("service_subnets", cfg.service_subnets[0]), ("service_subnets", cfg.service_subnets[1])]
     problems = []
     for where, net in taken:
-        if own_bridge and (where.endswith(f" {own_bridge}") or where == cfg.network_name):
-            continue
         for key, mine in ours:
             if mine.version == net.version and mine.overlaps(net) and not net.prefixlen == 0:
                 problems.append(f"lab.{key}: {mine} overlaps {net} ({where}); choose a free range")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -54,15 +55,16 @@ class Status:
 class UpRun:
     """State of one ``lab.up`` run, handed to every step."""
 
-    def __init__(self, cfg: LabConfig, status: Status, kind: str = "up"):
+    def __init__(self, cfg: LabConfig, status: Status, kind: str = "up", until: Optional[str] = None):
         self.cfg = cfg
         self.status = status
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self.until = until
+        render.mark_state_dir(cfg.state_dir, cfg)
         self.state = State(cfg.state_dir / "state.json")
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         self.log_path = cfg.state_dir / LOG_DIR / f"{kind}-{stamp}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._ctx: Optional[Context] = None
+        self.alive: Optional[bool] = None
 
     def log(self, text: str) -> None:
         """Append a line to this run's log."""
@@ -82,7 +84,8 @@ class UpRun:
 
 
 def _preflight(run: UpRun) -> None:
-    cfg, warnings = preflight.check(run.cfg)
+    cluster_wanted = run.until is None or STEP_NAMES.index(run.until) >= STEP_NAMES.index("control-plane")
+    cfg, warnings = preflight.check(run.cfg, cluster=cluster_wanted)
     for step, problem in profiles.missing_pins(cfg.profile, cfg.runtime):
         warnings.append(f"profile {cfg.profile.name}: {problem} (lab/profiles.py); step {step} will stop there")
     for warning in warnings:
@@ -126,9 +129,9 @@ STEPS: List[Step] = [
          remembered=False),
     Step("prepare", "swap off, SELinux permissive, firewalld off, kernel modules, sysctls, ipset/ipvsadm",
          _on_context(cluster.prepare, "prepare")),
-    Step("runtime", "Docker with IPv6 (daemon.json as the recipe), cri-dockerd --ipv6-dual-stack or containerd",
+    Step("runtime", "Docker with IPv6 (daemon.json as the recipe), or containerd",
          _on_context(cluster.runtime, "runtime")),
-    Step("kubernetes", "kubeadm, kubelet and kubectl of the profile's version; kubelet enabled",
+    Step("kubernetes", "cri-dockerd --ipv6-dual-stack (current); kubeadm, kubelet, kubectl; kubelet enabled",
          _on_context(cluster.kubernetes, "kubernetes")),
     Step("control-plane", "kubeadm config images pull; kubeadm init with the dual-stack config",
          _on_context(cluster.control_plane, "control-plane")),
@@ -136,7 +139,7 @@ STEPS: List[Step] = [
          _on_context(cluster.cni, "cni")),
     Step("join", "workers join (CA pinned); wait until every node is Ready", _on_context(cluster.join, "join")),
     Step("kubeconfig", "copy the admin kubeconfig to the state directory (0600)",
-         _on_context(cluster.fetch_kubeconfig, "kubeconfig")),
+         _on_context(cluster.fetch_kubeconfig, "kubeconfig"), remembered=False),
     Step("metallb", "MetalLB in layer 2 mode with an address pool per family",
          _on_context(workloads.deploy_metallb, "metallb")),
     Step("workloads", "nginx on IPv4 and IPv6, the recipe's Services and the dual-stack LoadBalancer",
@@ -173,7 +176,7 @@ def up(cfg: LabConfig, until: Optional[str] = None, status: Optional[Status] = N
     if until is not None and until not in STEP_NAMES:
         raise LabError(f"--until: unknown step {until!r}; steps are: {', '.join(STEP_NAMES)}")
     status = status or Status()
-    run = UpRun(cfg, status)
+    run = UpRun(cfg, status, until=until)
     for step in STEPS:
         started = time.monotonic()
         done = run.state.get("steps", {})
@@ -188,8 +191,13 @@ def up(cfg: LabConfig, until: Optional[str] = None, status: Optional[Status] = N
                 status.line("fail", f"{step.name}: {exc.reason} (log: {exc.log})")
                 raise
             except LabError as exc:
-                status.line("fail", f"{step.name}: {exc}")
+                status.line("fail", f"{step.name}: {exc} (log: {run.log_path})")
                 raise StepError(step.name, str(exc), run.log_path) from exc
+            except Exception as exc:  # noqa: BLE001 - the user gets one line and the log, never a traceback
+                run.log(f"{step.name} failed:\n{traceback.format_exc()}")
+                reason = f"{type(exc).__name__}: {exc}"
+                status.line("fail", f"{step.name}: {reason} (log: {run.log_path})")
+                raise StepError(step.name, reason, run.log_path) from exc
             if step.remembered:
                 done[step.name] = fingerprint(run.cfg)
                 run.state.set("steps", done)
@@ -200,10 +208,11 @@ def up(cfg: LabConfig, until: Optional[str] = None, status: Optional[Status] = N
 
 
 def _alive(run: UpRun) -> bool:
-    if not hasattr(run, "_alive"):
+    """True when every node's domain runs (asked of libvirt once per run)."""
+    if run.alive is None:
         with network.connect(run.cfg.libvirt_uri) as conn:
-            run._alive = len(machines.domains_running(run.cfg, conn)) == len(run.cfg.nodes)
-    return run._alive
+            run.alive = len(machines.domains_running(run.cfg, conn)) == len(run.cfg.nodes)
+    return run.alive
 
 
 def forget_after(state: State, step: str) -> None:

@@ -12,14 +12,25 @@ from . import machines, network
 from .config import LabConfig
 from .errors import PreflightError
 
-MIB = 1024 * 1024
 #: Memory the host keeps for itself beyond the machines, MiB.
 HOST_RESERVE_MB = 512
+#: kubeadm's preflight minimums for a control-plane node (NumCPU, Mem).
+KUBEADM_MIN_CPUS = 2
+KUBEADM_MIN_MEMORY_MB = 1700
+KIB = 1024
 
 
 def is_local(uri: str) -> bool:
     """True when ``uri`` names libvirt on this host."""
     return "://" in uri and uri.split("://", 1)[1].startswith("/")
+
+
+def available_mb(conn) -> int:
+    """Memory the host can give the machines: free plus page cache and buffers, MiB."""
+    import libvirt  # noqa: PLC0415
+
+    stats = conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS, 0)
+    return sum(stats.get(key, 0) for key in ("free", "buffers", "cached")) // KIB
 
 
 def kvm_available(conn) -> bool:
@@ -42,13 +53,20 @@ def vagrant_plugins() -> str:
         return ""
 
 
-def check(cfg: LabConfig) -> Tuple[LabConfig, List[str]]:
+def check(cfg: LabConfig, cluster: bool = True) -> Tuple[LabConfig, List[str]]:
     """Check the host; return the config to use and warnings, or raise with every problem.
 
     When ``kvm`` is asked for but libvirt cannot offer it, the lab falls back to the
-    ``qemu`` driver (software emulation) with a warning.
+    ``qemu`` driver (software emulation) with a warning. With ``cluster`` (``lab.up`` will
+    reach ``kubeadm init``), the control plane must also meet kubeadm's minimums.
     """
     problems, warnings = [], []
+    if cluster and cfg.cpus < KUBEADM_MIN_CPUS:
+        problems.append(f"lab.cpus: kubeadm needs {KUBEADM_MIN_CPUS} CPUs on the control plane, not {cfg.cpus}; "
+                        f"set lab.cpus: {KUBEADM_MIN_CPUS} (or use --until kubernetes)")
+    if cluster and cfg.memory_mb < KUBEADM_MIN_MEMORY_MB:
+        problems.append(f"lab.memory_mb: kubeadm needs {KUBEADM_MIN_MEMORY_MB} MiB on the control plane, not "
+                        f"{cfg.memory_mb}; set lab.memory_mb: 2048 (or use --until kubernetes)")
     if shutil.which("vagrant") is None:
         problems.append("vagrant: not found on PATH; install it (Debian/Ubuntu: apt-get install vagrant)")
     elif "vagrant-libvirt" not in vagrant_plugins():
@@ -82,7 +100,7 @@ def _check_libvirt(cfg: LabConfig, conn, problems: List[str], warnings: List[str
         cfg = dataclasses.replace(cfg, libvirt_driver="qemu")
     running = set(machines.domains_running(cfg, conn))
     needed_mb = cfg.memory_mb * len([n for n in cfg.nodes if n.name not in running])
-    free_mb = conn.getFreeMemory() // MIB
+    free_mb = available_mb(conn)
     if needed_mb and free_mb < needed_mb + HOST_RESERVE_MB:
         problems.append(f"lab.memory_mb: the machines need {needed_mb} MiB but the host has {free_mb} MiB free; "
                         "lower lab.memory_mb or lab.workers, or free memory")

@@ -57,7 +57,9 @@ class SshRunner:
         self._log(f"[{node}] $ {line}")
         binary = isinstance(input, bytes)
         try:
+            # No input: stdin is /dev/null, never the user's terminal (ssh would read it).
             proc = subprocess.run(argv, input=input, capture_output=True, text=not binary,
+                                  stdin=subprocess.DEVNULL if input is None else None,
                                   timeout=timeout or DEFAULT_TIMEOUT_S)
         except subprocess.TimeoutExpired as exc:
             self._log(f"[{node}] timed out after {exc.timeout} s")

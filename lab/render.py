@@ -104,8 +104,21 @@ def write_files(out_dir: Path, files: Dict[str, str]) -> List[Path]:
     return written
 
 
+#: Marks a directory as a lab's state directory (destroy cleans only such a directory).
+STATE_MARKER = ".dslab"
+
+
+def mark_state_dir(out_dir: Path, cfg: LabConfig) -> None:
+    """Create ``out_dir`` with the lab's marker in it."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    marker = out_dir / STATE_MARKER
+    if not marker.exists():
+        marker.write_text(f"state directory of dslab lab {cfg.name}\n")
+
+
 def render_all(cfg: LabConfig, out_dir: Path) -> List[Path]:
     """Render every artifact into ``out_dir`` and return the paths written."""
     out_dir = Path(out_dir)
+    mark_state_dir(out_dir, cfg)
     state = State(out_dir / "state.json")
     return write_files(out_dir, artifacts(cfg, state))

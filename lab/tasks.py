@@ -7,6 +7,8 @@ line per problem and a non-zero status.
 from __future__ import annotations
 
 import sys
+import tempfile
+from datetime import datetime
 from pathlib import Path
 
 from invoke import Collection, Exit, task
@@ -66,6 +68,9 @@ def up(c, until=None, profile=None):
     cfg = _load(c, profile=profile)
     try:
         log = pipeline.up(cfg, until=until)
+    except StepError:
+        # The step's ✗ line (reason and log) is already on stderr: one line, no more.
+        raise Exit("run `invoke lab.up` again to resume once the cause is fixed", code=EXIT_FAILED) from None
     except LabError as exc:
         raise _fail(exc) from None
     print(f"lab {cfg.name} is up (log: {log})", file=sys.stderr)
@@ -93,13 +98,12 @@ def destroy(c):
     from . import destroy as lab_destroy  # noqa: PLC0415
 
     cfg = _load(c)
-    log = cfg.state_dir.parent / f"{cfg.name}-destroy.log"
-    try:
-        removed = lab_destroy.destroy(cfg, log, report=lambda line: print(line, file=sys.stderr))
-    except LabError as exc:
-        raise _fail(exc) from None
-    if log.exists():
-        log.unlink()
+    with tempfile.TemporaryDirectory(prefix="dslab-destroy-") as tmp:
+        log = Path(tmp) / "vagrant-destroy.log"
+        try:
+            removed = lab_destroy.destroy(cfg, log, report=lambda line: print(line, file=sys.stderr))
+        except LabError as exc:
+            raise _fail(exc) from None
     summary = ", ".join(f"{len(v)} {k}" for k, v in removed.items())
     print(f"lab {cfg.name} destroyed (removed from libvirt after vagrant: {summary})", file=sys.stderr)
 
@@ -121,16 +125,22 @@ def kubeconfig(c):
             "e2e": "also run the upstream dual-stack e2e tests (needs hydrophone)"})
 def verify(c, only=None, layer=None, json=None, junit=None, e2e=False):
     """Prove, check by check, that the lab is dual-stack end to end."""
-    from . import pipeline  # noqa: PLC0415
     from . import verify as lab_verify  # noqa: PLC0415
+    from .context import Context, State  # noqa: PLC0415
+    from .remote import SshRunner  # noqa: PLC0415
 
     cfg = _load(c)
     if layer not in (None, "network", "cluster"):
         raise Exit(f"--layer: {layer!r} is unknown; use network or cluster", code=EXIT_CONFIG)
+    ssh_config = cfg.state_dir / "ssh_config"
+    if not ssh_config.exists():
+        raise Exit(f"no lab machines known in {cfg.state_dir}; run `invoke lab.up --until machines` first",
+                   code=EXIT_FAILED)
     try:
         if only:
             lab_verify.select(only, layer)
-        ctx = pipeline.UpRun(cfg, pipeline.Status(), kind="verify").context("verify")
+        log = cfg.state_dir / "logs" / f"verify-{datetime.now():%Y%m%d-%H%M%S}.log"
+        ctx = Context(cfg, State(cfg.state_dir / "state.json"), SshRunner(ssh_config, log, "verify"), log)
         report = lab_verify.verify(ctx, only=only, layer=layer, json_path=json, junit_path=junit, e2e=e2e,
                                    kubeconfig=cfg.state_dir / "kubeconfig", out=sys.stdout)
     except LabError as exc:

@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from lab import config, destroy, network
+from lab import config, destroy, network, render
 
 LAB = "dslabnet"
 DNS_WAIT_S = 30
@@ -114,7 +114,7 @@ def test_lab_network_on_real_libvirtd_answers_both_families_and_is_destroyed(lib
     assert dig(libvirtd, str(cfg.gateway_ipv4), f"nothing.{cfg.domain}", "A") == []
 
     libvirtd.run(["ip", "link", "del", "dslabt-port"])
-    cfg.state_dir.mkdir(parents=True)
+    render.mark_state_dir(cfg.state_dir, cfg)
     (cfg.state_dir / "network.xml").write_text(network.network_xml(cfg))
     removed = destroy.destroy(cfg, tmp_path / "destroy.log", report=lambda line: None)
     assert removed["networks"] == [cfg.network_name]

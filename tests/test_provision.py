@@ -252,7 +252,7 @@ def lab_env(profile: str, runtime: str | None = None, node: str = "k8s-master01"
     return node_env(cfg, cfg.node(node)), cfg
 
 
-SCRIPTS = ["network.sh", "prepare.sh", "runtime.sh", "kubernetes.sh", "control-plane.sh"]
+SCRIPTS = ["network.sh", "prepare.sh", "runtime.sh", "cri-dockerd.sh", "kubernetes.sh", "control-plane.sh"]
 
 
 # --------------------------------------------------------------------------- shellcheck
