@@ -64,9 +64,18 @@ kubernetes = script_step("cri-dockerd.sh", "kubernetes.sh")
 def control_plane(ctx: Context) -> None:
     """``kubeadm config images pull`` and ``kubeadm init`` with the rendered config."""
     node = ctx.cfg.control_plane
+    config = kubeadm.render_init(ctx.cfg, bootstrap_token(ctx.state))
+    digest = hashlib.sha256(config.encode()).hexdigest()
+    applied = ctx.state.get("kubeadm_applied")
+    initialised = ctx.runner.run(node.name, ["test", "-e", ADMIN_CONF], check=False).ok
+    if initialised and applied not in (None, digest):
+        raise StepError("control-plane", "the kubeadm configuration changed after `kubeadm init` (subnets, "
+                        "addresses or versions cannot change on a running cluster); run `invoke lab.destroy`, "
+                        "then `invoke lab.up`", ctx.log_path)
     upload_inputs(ctx, node)
-    ctx.runner.put_text(node.name, kubeadm.render_init(ctx.cfg, bootstrap_token(ctx.state)), REMOTE_KUBEADM, "0600")
+    ctx.runner.put_text(node.name, config, REMOTE_KUBEADM, "0600")
     ctx.runner.run(node.name, ["bash", f"{REMOTE_DIR}/provision/control-plane.sh", REMOTE_ENV])
+    ctx.state.set("kubeadm_applied", digest)
     pem = ctx.runner.run(node.name, ["cat", CA_CERT]).stdout.encode()
     ctx.state.set("ca_cert_hash", kubeadm.ca_cert_hash(pem))
 

@@ -65,6 +65,7 @@ class UpRun:
         self.log_path = cfg.state_dir / LOG_DIR / f"{kind}-{stamp}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.alive: Optional[bool] = None
+        self.step: str = ""
 
     def log(self, text: str) -> None:
         """Append a line to this run's log."""
@@ -106,16 +107,21 @@ def _render(run: UpRun) -> None:
 def _machines(run: UpRun) -> None:
     with network.connect(run.cfg.libvirt_uri) as conn:
         running = machines.domains_running(run.cfg, conn)
+    vagrantfile = hashlib.sha256((run.cfg.state_dir / "Vagrantfile").read_bytes()).hexdigest()
     if len(running) < len(run.cfg.nodes) or not (run.cfg.state_dir / "ssh_config").exists():
         # New or restarted machines: what later steps did may be gone with them.
         forget_after(run.state, "prepare")
         machines.up(run.cfg, run.log_path)
         machines.ssh_config(run.cfg, run.log_path)
+        run.state.set("vagrantfile_applied", vagrantfile)
+    elif run.state.get("vagrantfile_applied") not in (None, vagrantfile):
+        run.status.line("warn", "machines: their settings changed since they were created (memory, CPUs, box...); "
+                                "running machines keep the old ones: `invoke lab.destroy` and `lab.up` to apply")
 
 
-def _on_context(function, name):
+def _on_context(function):
     def step(run: UpRun) -> None:
-        function(run.context(name))
+        function(run.context(run.step))
     return step
 
 
@@ -128,43 +134,51 @@ STEPS: List[Step] = [
     Step("machines", "vagrant up every node; planned IPv4 and IPv6, names in both families", _machines,
          remembered=False),
     Step("prepare", "swap off, SELinux permissive, firewalld off, kernel modules, sysctls, ipset/ipvsadm",
-         _on_context(cluster.prepare, "prepare")),
+         _on_context(cluster.prepare)),
     Step("runtime", "Docker with IPv6 (daemon.json as the recipe), or containerd",
-         _on_context(cluster.runtime, "runtime")),
+         _on_context(cluster.runtime)),
     Step("kubernetes", "cri-dockerd --ipv6-dual-stack (current); kubeadm, kubelet, kubectl; kubelet enabled",
-         _on_context(cluster.kubernetes, "kubernetes")),
+         _on_context(cluster.kubernetes)),
     Step("control-plane", "kubeadm config images pull; kubeadm init with the dual-stack config",
-         _on_context(cluster.control_plane, "control-plane")),
+         _on_context(cluster.control_plane)),
     Step("cni", "Calico with IPv4 and IPv6 pools, autodetecting the lab network in both families",
-         _on_context(cluster.cni, "cni")),
-    Step("join", "workers join (CA pinned); wait until every node is Ready", _on_context(cluster.join, "join")),
+         _on_context(cluster.cni)),
+    Step("join", "workers join (CA pinned); wait until every node is Ready", _on_context(cluster.join)),
     Step("kubeconfig", "copy the admin kubeconfig to the state directory (0600)",
-         _on_context(cluster.fetch_kubeconfig, "kubeconfig"), remembered=False),
+         _on_context(cluster.fetch_kubeconfig), remembered=False),
     Step("metallb", "MetalLB in layer 2 mode with an address pool per family",
-         _on_context(workloads.deploy_metallb, "metallb")),
+         _on_context(workloads.deploy_metallb)),
     Step("workloads", "nginx on IPv4 and IPv6, the recipe's Services and the dual-stack LoadBalancer",
-         _on_context(workloads.deploy_workloads, "workloads")),
+         _on_context(workloads.deploy_workloads)),
 ]
 STEP_NAMES = [step.name for step in STEPS]
 
 
-def fingerprint(cfg: LabConfig) -> str:
-    """A digest of everything the remembered steps depend on."""
-    digest = hashlib.sha256()
-    for rel in sorted(p for p in cfg.state_dir.rglob("*") if p.is_file() and _is_input(cfg, p)):
-        digest.update(str(rel.relative_to(cfg.state_dir)).encode())
-        digest.update(rel.read_bytes())
-    for script in sorted(render.PROVISION_DIR.glob("*.sh")):
-        digest.update(script.name.encode())
-        digest.update(script.read_bytes())
+#: What each remembered step depends on, as globs in the state directory (rendered files)
+#: and in provision/ (the scripts it runs). A change re-runs that step and no other.
+NODE_INPUTS = ("nodes/*.env",)
+STEP_INPUTS = {
+    "prepare": (NODE_INPUTS, ("lib.sh", "prepare.sh")),
+    "runtime": (NODE_INPUTS, ("lib.sh", "runtime.sh")),
+    "kubernetes": (NODE_INPUTS, ("lib.sh", "cri-dockerd.sh", "kubernetes.sh", "fetch.sh")),
+    "control-plane": ((*NODE_INPUTS, "kubeadm-config.yaml"), ("lib.sh", "control-plane.sh")),
+    "cni": (NODE_INPUTS, ("lib.sh", "fetch.sh")),
+    "join": (NODE_INPUTS, ("lib.sh", "join.sh")),
+    "metallb": (("manifests/metallb-config.yaml",), ("lib.sh", "fetch.sh")),
+    "workloads": (("manifests/nginx.yaml", "manifests/services.yaml"), ()),
+}
+
+
+def fingerprint(cfg: LabConfig, step: str) -> str:
+    """A digest of what ``step`` depends on (see :data:`STEP_INPUTS`) and the profile's pins."""
+    rendered, scripts = STEP_INPUTS.get(step, ((), ()))
+    digest = hashlib.sha256(f"{step}|{cfg.profile!r}".encode())
+    paths = sorted({p for pattern in rendered for p in cfg.state_dir.glob(pattern) if p.is_file()})
+    paths += [render.PROVISION_DIR / name for name in scripts]
+    for path in paths:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
     return digest.hexdigest()
-
-
-def _is_input(cfg: LabConfig, path: Path) -> bool:
-    rel = path.relative_to(cfg.state_dir)
-    if rel.name.endswith("-join.yaml"):  # appears once the CA exists; not an input of any step
-        return False
-    return rel.parts[0] in ("nodes", "manifests") or rel.name in ("Vagrantfile", "network.xml", "kubeadm-config.yaml")
 
 
 def up(cfg: LabConfig, until: Optional[str] = None, status: Optional[Status] = None) -> Path:
@@ -180,10 +194,11 @@ def up(cfg: LabConfig, until: Optional[str] = None, status: Optional[Status] = N
     for step in STEPS:
         started = time.monotonic()
         done = run.state.get("steps", {})
-        if step.remembered and done.get(step.name) == fingerprint(run.cfg) and _alive(run):
+        if step.remembered and done.get(step.name) == fingerprint(run.cfg, step.name) and _alive(run):
             status.line("skip", f"{step.name}: already done")
         else:
             run.log(f"=== {step.name} ===")
+            run.step = step.name
             try:
                 step.run(run)
             except StepError as exc:
@@ -199,7 +214,7 @@ def up(cfg: LabConfig, until: Optional[str] = None, status: Optional[Status] = N
                 status.line("fail", f"{step.name}: {reason} (log: {run.log_path})")
                 raise StepError(step.name, reason, run.log_path) from exc
             if step.remembered:
-                done[step.name] = fingerprint(run.cfg)
+                done[step.name] = fingerprint(run.cfg, step.name)
                 run.state.set("steps", done)
             status.line("ok", f"{step.name} ({time.monotonic() - started:.0f} s)")
         if step.name == until:

@@ -70,7 +70,7 @@ def up(c, until=None, profile=None):
         log = pipeline.up(cfg, until=until)
     except StepError:
         # The step's ✗ line (reason and log) is already on stderr: one line, no more.
-        raise Exit("run `invoke lab.up` again to resume once the cause is fixed", code=EXIT_FAILED) from None
+        raise Exit(code=EXIT_FAILED) from None
     except LabError as exc:
         raise _fail(exc) from None
     print(f"lab {cfg.name} is up (log: {log})", file=sys.stderr)

@@ -150,6 +150,6 @@ def test_changed_network_is_replaced_and_other_networks_are_left_alone(libvirtd,
         root = ET.fromstring(conn.networkLookupByName(cfg.network_name).XMLDesc(0))
         assert len(root.findall("ip/dhcp/host")) == 4
     destroy.destroy(cfg, tmp_path / "d.log", report=lambda line: None)
-    assert "otherlab" in libvirtd.networks()
+    assert other.network_name in libvirtd.networks()
     destroy.destroy(other, tmp_path / "d.log", report=lambda line: None)
-    assert "otherlab" not in libvirtd.networks()
+    assert other.network_name not in libvirtd.networks()

@@ -124,7 +124,7 @@ def test_node_addresses_pass(cfg36):
 def test_node_addresses_missing_ipv6_names_node_and_family(cfg36):
     found = network.evaluate_node_addresses(_addr_outputs(cfg36, load("ip-addr-worker01-no-ipv6.txt")), cfg36)
     assert problems(found) == ["k8s-worker01: missing its IPv6 address fd00:db1::21"]
-    assert "libvirt__ipv6_address" in found[0].look_at
+    assert "provision/network.sh" in found[0].look_at
 
 
 def test_node_addresses_dadfailed(cfg36):
@@ -628,3 +628,20 @@ def test_result_from_findings_folds():
     result = result_from_findings([Finding("a", "x", "y", "z"), Finding("b", "x", "w", "z")], "fine")
     assert result.status == FAIL and result.message == "a (and 1 more problem)"
     assert result.expected == "x" and result.seen == "y; w" and result.look_at == "z"
+
+
+def test_lab_load_balancers_present_with_ingress_pass(cfg36):
+    assert cluster.missing_load_balancers(load("services-1.36.json"), cfg36) is None
+
+
+def test_missing_or_pending_load_balancers_fail_not_skip(cfg36):
+    services = load("services-1.36.json")
+    kept = [s for s in services["items"] if s["metadata"]["name"] != "my-nginx-svc-dual"]
+    for svc in kept:
+        if svc["metadata"]["name"] == "my-nginx-svc-ipv6-local":
+            svc["status"] = {"loadBalancer": {}}
+    result = cluster.missing_load_balancers({**services, "items": kept}, cfg36)
+    assert result is not None and result.status == "fail"
+    assert "my-nginx-svc-ipv6-local" in result.message and "my-nginx-svc-dual" in result.message
+    assert "my-nginx-svc-dual: absent" in result.seen
+    assert "my-nginx-svc-ipv6-local: no status.loadBalancer.ingress" in result.seen

@@ -20,8 +20,8 @@ from .kube import (
     ready_pod_ips_by_family, service_cluster_ips, service_families, service_tcp_port,
 )
 from .model import (
-    CheckResult, Finding, family, family_name, family_of_name, in_networks, ip, note, result_from_findings,
-    skipped,
+    CheckResult, Finding, failed, family, family_name, family_of_name, in_networks, ip, note,
+    result_from_findings, skipped,
 )
 from .parse import (
     Section, parse_access_log, parse_dig_short, parse_ipvsadm, parse_modules, parse_proc_net_tcp, parse_sections,
@@ -875,11 +875,27 @@ def evaluate_host_codes(codes: Mapping[str, str], targets: Sequence[Target]) -> 
     return findings
 
 
+def missing_load_balancers(services: Mapping, cfg) -> Optional[CheckResult]:
+    """A failure when a LoadBalancer Service the lab deploys is absent or has no ingress yet."""
+    from ..workloads import lb_addresses  # noqa: PLC0415 - the lab's own plan of LoadBalancers
+
+    have = {(s.get("metadata") or {}).get("name"): s for s in items(services)
+            if (s.get("spec") or {}).get("type") == "LoadBalancer"}
+    absent = [name for name in lb_addresses(cfg) if name not in have or not load_balancer_ips(have[name])]
+    if not absent:
+        return None
+    return failed(f"LoadBalancer Service(s) without an ingress address: {', '.join(absent)}",
+                  "every LoadBalancer the lab deploys with MetalLB addresses of its families",
+                  "; ".join(f"{n}: {'absent' if n not in have else 'no status.loadBalancer.ingress'}" for n in absent),
+                  "invoke lab.up (step metallb, workloads); kubectl -n metallb-system logs deploy/controller")
+
+
 def check_metallb_ingress(vctx) -> CheckResult:
     """Check ``metallb-ingress``."""
     services = vctx.get_json("services", "-A")
-    if not any((s.get("spec") or {}).get("type") == "LoadBalancer" for s in items(services)):
-        return skipped("no Service of type LoadBalancer")
+    missing = missing_load_balancers(services, vctx.cfg)
+    if missing is not None:
+        return missing
     findings, targets = evaluate_load_balancers(services, vctx.cfg)
     findings += evaluate_host_codes(host_probe(vctx, targets), targets)
     return result_from_findings(findings, f"{len(targets)} LoadBalancer addresses from the MetalLB pools answer HTTP from the host")
@@ -932,9 +948,14 @@ def evaluate_client_ip(log_text: str, probes: Mapping[str, Tuple[Target, int, st
 def check_client_ip_preserved(vctx) -> CheckResult:
     """Check ``client-ip-preserved``."""
     services = vctx.get_json("services", "-A")
+    missing = missing_load_balancers(services, vctx.cfg)
+    if missing is not None:
+        return missing
     found = local_targets(services)
     if not found:
-        return skipped("no nginx LoadBalancer Service with externalTrafficPolicy: Local and an ingress IP")
+        return failed("no nginx LoadBalancer Service has externalTrafficPolicy: Local",
+                      "my-nginx-svc-ipv6-local with externalTrafficPolicy: Local", "none",
+                      "manifests/services.yaml in the state directory")
     probes, codes = {}, {}
     for target, version in found:
         token = f"{secrets.token_hex(6)}-{version}"

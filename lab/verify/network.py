@@ -11,9 +11,11 @@ from typing import Dict, Mapping, Optional
 from .model import Finding, CheckResult, family_name, result_from_findings
 from .parse import Section, parse_getent_ahosts, parse_ip_addr, parse_sections, sectioned_script
 
-LOOK_ADDRESSES = ("the node's lab interface (`ip -o addr` on the node) and the rendered Vagrantfile / "
-                  "network provisioning; IPv6 must be set on the guest, libvirt__ipv6_address only sets the network's")
-LOOK_DNS = "/etc/hosts on the node (provisioning writes every node, short and fqdn, both families)"
+LOOK_ADDRESSES = ("`ip -o addr` on the node: the IPv4 comes from the DHCP reservation of the node's MAC "
+                  "(network.xml in the state directory), the IPv6 from provision/network.sh "
+                  "(re-run: sudo bash /opt/dslab/provision/network.sh /opt/dslab/node.env)")
+LOOK_DNS = ("the lab network's DNS records (`virsh net-dumpxml <lab>_net`, network.xml in the state directory) "
+            "and /etc/hosts on the node, which must not map node names (provision/network.sh removes such lines)")
 LOOK_REACH = "the lab network (libvirt network XML, firewalld on the nodes, `ip -6 route` on both ends)"
 
 
