@@ -289,30 +289,26 @@ def _int(problems, raw, key, low, high):
     return value
 
 
-def _network(problems, raw, key, version, hint):
+def _typed(problems, raw, key, version, hint, parse, what):
+    """``raw[key]`` parsed by ``parse`` (an ipaddress constructor) and of IP ``version``."""
     value = raw.get(key)
     try:
-        net = ipaddress.ip_network(str(value).strip(), strict=True)
+        parsed = parse(str(value).strip())
     except ValueError:
-        problems.add(key, f"{value!r} is not a valid CIDR; write it like {hint}")
+        problems.add(key, f"{value!r} is not a valid {what}; write it like {hint}")
         return None
-    if net.version != version:
-        problems.add(key, f"{value!r} is IPv{net.version}, expected an IPv{version} CIDR like {hint}")
+    if parsed.version != version:
+        problems.add(key, f"{value!r} is IPv{parsed.version}, expected an IPv{version} {what} like {hint}")
         return None
-    return net
+    return parsed
+
+
+def _network(problems, raw, key, version, hint):
+    return _typed(problems, raw, key, version, hint, lambda v: ipaddress.ip_network(v, strict=True), "CIDR")
 
 
 def _address(problems, raw, key, version, hint):
-    value = raw.get(key)
-    try:
-        addr = ipaddress.ip_address(str(value).strip())
-    except ValueError:
-        problems.add(key, f"{value!r} is not a valid IP address; write it like {hint}")
-        return None
-    if addr.version != version:
-        problems.add(key, f"{value!r} is IPv{addr.version}, expected an IPv{version} address like {hint}")
-        return None
-    return addr
+    return _typed(problems, raw, key, version, hint, ipaddress.ip_address, "IP address")
 
 
 def _range(problems, raw, key, version, hint):

@@ -63,6 +63,12 @@ def controller_manager_allocates(cm_pods: Optional[Mapping]) -> Optional[bool]:
     return None
 
 
+def unregistered(planned) -> Finding:
+    """The finding for a planned node that has no Node object."""
+    return Finding(f"{planned.name}: not registered", f"Node {planned.name}", "no such Node",
+                   "`kubectl get nodes`; kubelet log on the node (`journalctl -u kubelet`)")
+
+
 def evaluate_pod_cidrs(nodes: Mapping, cfg) -> List[Finding]:
     """Each node's ``spec.podCIDRs``: one IPv4 and one IPv6 block of the configured size inside
     the pod subnets, ``podCIDR == podCIDRs[0]``, no block given to two nodes."""
@@ -76,8 +82,7 @@ def evaluate_pod_cidrs(nodes: Mapping, cfg) -> List[Finding]:
     for planned in cfg.nodes:
         node = by_name.get(planned.name)
         if node is None:
-            findings.append(Finding(f"{planned.name}: not registered", f"Node {planned.name}", "no such Node",
-                                    "`kubectl get nodes`; kubelet log on the node (`journalctl -u kubelet`)"))
+            findings.append(unregistered(planned))
             continue
         cidrs = pod_cidrs(node)
         spec = node.get("spec") or {}
@@ -131,8 +136,7 @@ def evaluate_node_internal_ips(nodes: Mapping, cfg, minor: int) -> List[Finding]
     for planned in cfg.nodes:
         node = by_name.get(planned.name)
         if node is None:
-            findings.append(Finding(f"{planned.name}: not registered", f"Node {planned.name}", "no such Node",
-                                    "`kubectl get nodes`; `journalctl -u kubelet` on the node"))
+            findings.append(unregistered(planned))
             continue
         addresses = internal_ips(node)
         shown = ", ".join(addresses) or "none"
