@@ -97,3 +97,13 @@ def test_invoke_render_prints_what_it_wrote_and_touches_no_libvirt(tmp_path):
     assert out / "Vagrantfile" in printed and out / "network.xml" in printed
     assert all(p.exists() for p in printed)
     assert "centos/7" in (out / "Vagrantfile").read_text()
+
+
+def test_remote_libvirt_uri_validates(tmp_path):
+    """vagrant-libvirt derives host, user and the ssh proxy to the guests from the URI."""
+    uri = "qemu+ssh://lab@virt-host.invalid/system"
+    cfg = config.load({"libvirt_uri": uri, "state_dir": str(tmp_path / "lab")})
+    render.render_all(cfg, cfg.state_dir)
+    assert f'libvirt.uri = "{uri}"' in (cfg.state_dir / "Vagrantfile").read_text()
+    result = vagrant(cfg.state_dir, "validate", home=tmp_path / "vagrant.d")
+    assert result.returncode == 0, result.stdout + result.stderr
