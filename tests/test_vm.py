@@ -140,8 +140,8 @@ def test_runtime_step_prepared_every_node(lab):
             assert module in loaded or lab.ssh(node.name, f"test -d /sys/module/{module} && echo builtin",
                                                 check=False).strip() == "builtin", (node.name, module)
         for key, value in SYSCTLS.items():
-            assert lab.ssh(node.name, f"sysctl -n {key}").strip() == value, (node.name, key)
-        assert lab.ssh(node.name, "swapon --show --noheadings").strip() == ""
+            assert lab.ssh(node.name, f"sudo sysctl -n {key}").strip() == value, (node.name, key)
+        assert lab.ssh(node.name, "sudo swapon --show --noheadings").strip() == ""
         daemon = json.loads(lab.ssh(node.name, "sudo cat /etc/docker/daemon.json"))
         assert daemon["ipv6"] is True and daemon["fixed-cidr-v6"] == fixed_cidr
         assert daemon["exec-opts"] == ["native.cgroupdriver=systemd"]
@@ -149,7 +149,7 @@ def test_runtime_step_prepared_every_node(lab):
         assert bridge["EnableIPv6"] is True
         assert fixed_cidr in [c.get("Subnet") for c in bridge["IPAM"]["Config"]]
         for tool in ("ipset", "ipvsadm"):
-            lab.ssh(node.name, f"command -v {tool}")
+            lab.ssh(node.name, f"sudo sh -c 'command -v {tool}'")
 
 
 def test_rerunning_the_scripts_changes_nothing(lab):
