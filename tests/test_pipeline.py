@@ -121,3 +121,30 @@ def test_unknown_until_is_one_line_and_creates_nothing(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("--until: unknown step 'everything'; steps are: preflight")
     assert not state.exists()
+
+
+def test_verify_without_machines_is_one_line_and_creates_nothing(tmp_path):
+    state = tmp_path / "state"
+    result = invoke("lab.verify", "--layer", "network", env_extra={"INVOKE_LAB_STATE_DIR": str(state)})
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [f"no lab machines known in {state}; run `invoke lab.up --until machines` first"]
+    assert not state.exists()
+
+
+def test_verify_unknown_check_is_one_line(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "ssh_config").write_text("Host k8s-master01\n")
+    result = invoke("lab.verify", "--only", "pod-ipz", env_extra={"INVOKE_LAB_STATE_DIR": str(state)})
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "pod-ipz" in lines[0] and "pod-ips" in lines[0]
+
+
+def test_task_list_is_quiet_and_complete():
+    result = invoke("--list")
+    assert result.returncode == 0 and result.stderr == ""
+    for name in ("lab.up", "lab.verify", "lab.destroy", "lab.render", "lab.status", "lab.kubeconfig", "lab.config"):
+        assert name in result.stdout
