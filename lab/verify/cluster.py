@@ -21,7 +21,7 @@ from .kube import (
 )
 from .model import (
     CheckResult, Finding, failed, family, family_name, family_of_name, in_networks, ip, note,
-    result_from_findings, skipped,
+    result_from_findings, skipped, unreachable,
 )
 from .parse import (
     Section, parse_access_log, parse_dig_short, parse_ipvsadm, parse_modules, parse_proc_net_tcp, parse_sections,
@@ -421,14 +421,18 @@ def pod_to_pod_targets(pods: Mapping) -> List[Target]:
     return targets
 
 
+def nginx_service_ports(services: Mapping):
+    """(Service, name, TCP port) of every nginx Service that has a TCP port."""
+    for svc in nginx_services(services):
+        port = service_tcp_port(svc)
+        if port is not None:
+            yield svc, (svc.get("metadata") or {}).get("name"), port
+
+
 def cluster_ip_targets(services: Mapping) -> List[Target]:
     """Every cluster IP (each family) of the nginx Services, on the Service port."""
     targets = []
-    for svc in nginx_services(services):
-        port = service_tcp_port(svc)
-        if port is None:
-            continue
-        name = (svc.get("metadata") or {}).get("name")
+    for svc, name, port in nginx_service_ports(services):
         for address in service_cluster_ips(svc):
             targets.append(Target(f"svc-{name}/{family(address)}", http_url(address, port["port"]),
                                   f"Service {name} {address}:{port['port']}",
@@ -444,11 +448,9 @@ def node_port_targets(services: Mapping, pods: Mapping, cfg) -> List[Target]:
     """
     targets = []
     hosting = nodes_with_ready_pods(nginx_pods(pods))
-    for svc in nginx_services(services):
-        port = service_tcp_port(svc)
-        if port is None or not port.get("nodePort"):
+    for svc, name, port in nginx_service_ports(services):
+        if not port.get("nodePort"):
             continue
-        name = (svc.get("metadata") or {}).get("name")
         for node in cfg.nodes:
             if is_local(svc) and node.name not in hosting:
                 continue
@@ -548,7 +550,7 @@ def evaluate_cluster_dns(outputs: Mapping[str, Optional[str]], services: Mapping
     look = "CoreDNS (`kubectl -n kube-system logs -l k8s-app=kube-dns`), the kube-dns Service, the pod's /etc/resolv.conf"
     for source, text in outputs.items():
         if text is None:
-            findings.append(Finding(f"{source}: could not run dig", "dig output", "no answer", "`kubectl exec` into the client pod"))
+            findings.append(unreachable(source, "dig", "dig output", "`kubectl exec` into the client pod"))
             continue
         sections = parse_sections(text)
         for key, (svc, rtype, fqdn) in queries.items():
@@ -655,11 +657,7 @@ def ipvs_expectations(services: Mapping, pods: Mapping, cfg) -> List[IpvsExpecta
     hosting = frozenset(nodes_with_ready_pods(nginx))
     every = frozenset(n.name for n in cfg.nodes)
     expected = []
-    for svc in nginx_services(services):
-        port = service_tcp_port(svc)
-        if port is None:
-            continue
-        name = (svc.get("metadata") or {}).get("name")
+    for svc, name, port in nginx_service_ports(services):
         for address in service_cluster_ips(svc):
             parsed = ip(address)
             expected.append(IpvsExpectation("TCP", parsed, int(port["port"]), f"{name} cluster IP",
@@ -681,7 +679,7 @@ def evaluate_node_proxy(outputs: Mapping[str, Optional[str]], expectations: Sequ
     findings = []
     for node, text in outputs.items():
         if text is None:
-            findings.append(Finding(f"{node}: could not run the kube-proxy probes", "output", "no answer", "is the VM up?"))
+            findings.append(unreachable(node, "the kube-proxy probes", "output"))
             continue
         sections = parse_sections(text)
         mode = sections.get("proxymode")

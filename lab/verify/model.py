@@ -77,6 +77,11 @@ def failed(message: str, expected: str = "", seen: str = "", look_at: str = "") 
                        findings=[Finding(message, expected, seen, look_at)])
 
 
+def unreachable(where: str, what: str, expected: str, look_at: str = "is the VM up? `invoke lab.status`") -> Finding:
+    """The finding for a probe that produced no output at all on ``where``."""
+    return Finding(f"{where}: could not run {what}", expected, "no answer", look_at)
+
+
 def _join(values: Sequence[str]) -> str:
     unique = []
     for value in values:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import shlex
 from typing import Dict, Mapping, Optional
 
-from .model import Finding, CheckResult, family_name, result_from_findings
+from .model import CheckResult, Finding, family_name, result_from_findings, unreachable
 from .parse import Section, parse_getent_ahosts, parse_ip_addr, parse_sections, sectioned_script
 
 LOOK_ADDRESSES = ("`ip -o addr` on the node: the IPv4 comes from the DHCP reservation of the node's MAC "
@@ -102,8 +102,7 @@ def evaluate_node_dns(outputs: Mapping[str, Optional[str]], cfg) -> list:
     for node in cfg.nodes:
         text = outputs.get(node.name)
         if text is None:
-            findings.append(Finding(f"{node.name}: could not run getent", "getent ahosts output", "no answer",
-                                    "is the VM up? `invoke lab.status`"))
+            findings.append(unreachable(node.name, "getent", "getent ahosts output"))
             continue
         sections = parse_sections(text)
         for name, target in names.items():
@@ -165,8 +164,7 @@ def evaluate_node_reach(outputs: Mapping[str, Optional[str]], cfg) -> list:
     for source in cfg.nodes:
         text = outputs.get(source.name)
         if text is None:
-            findings.append(Finding(f"{source.name}: could not run ping", "ping output", "no answer",
-                                    "is the VM up? `invoke lab.status`"))
+            findings.append(unreachable(source.name, "ping", "ping output"))
             continue
         sections = parse_sections(text)
         for target in cfg.nodes:
