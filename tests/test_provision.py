@@ -16,6 +16,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -102,7 +103,9 @@ class Node:
         for name in STUBBED:
             (self.bin / name).symlink_to(STUB)
         for tool in REAL_TOOLS:
-            path = shutil.which(tool)
+            # python3 runs the stubs: the interpreter running the tests, not whatever PATH finds
+            # (a pyenv shim, for one, cannot work on this restricted PATH).
+            path = sys.executable if tool == "python3" else shutil.which(tool)
             assert path, f"the test needs {tool} on this machine"
             (self.sysbin / tool).symlink_to(path)
         self.write("etc/os-release", OS_RELEASE[os_id or family])
