@@ -111,20 +111,24 @@ SEED_2020 = Profile(
     runtimes=("docker",),
     docker_version="19.03.5",
     calico_version="3.11.3",
+    # Not pinned: no official Calico 3.11 manifest lives at a stable URL any more (the versioned
+    # docs are gone; the 3.11 tags hold only templates; the release asset release-v3.11.3.tgz
+    # carries one). The cni step refuses until a URL and its sha256 are set here.
     calico_manifest=Download(url="", sha256=""),
     # MetalLB 0.9.6: the last 0.9 release; namespace.yaml first, then metallb.yaml (ships
-    # PodSecurityPolicies; speakers need the memberlist secret). sha256 unknown (not downloadable here).
+    # PodSecurityPolicies; speakers need the memberlist secret). metallb.yaml's sha256 is not
+    # pinned yet: the metallb step refuses until it is.
     metallb_version="0.9.6",
     metallb_manifests=(
-        # Read from metallb/metallb manifests/namespace.yaml @76e62657325baa3cfb0031112e1332f993e2d854 (91 B):
-        # the file's only version in any indexed commit (release tags included), so the v0.9.6 tag holds it.
+        # metallb/metallb manifests/namespace.yaml @76e62657325baa3cfb0031112e1332f993e2d854 (91 B): the
+        # file's only version from v0.9.0 until its removal in v0.13, so the v0.9.6 tag holds these bytes.
         Download(url="https://raw.githubusercontent.com/metallb/metallb/v0.9.6/manifests/namespace.yaml",
                  sha256="51a1c68cd8f92e4653075ea978642689a7786099000f9017a616567bab76114f"),
         Download(url="https://raw.githubusercontent.com/metallb/metallb/v0.9.6/manifests/metallb.yaml", sha256=""),
     ),
     nginx_image="docker.io/library/nginx:1.17",
     kubernetes_schema_version="1.17",
-    # dl.k8s.io publishes no per-binary .sha256 for 1.17.2 that could be found; the release notes
+    # No per-binary .sha256 of 1.17.2 is published where it can be cited; the release notes
     # (kubernetes/kubernetes CHANGELOG/CHANGELOG-1.17.md, "Node Binaries") give this tarball's sha512.
     # It holds kubernetes/node/bin/{kubeadm,kubelet,kubectl,kube-proxy}.
     kubernetes_node_archive=Download(
