@@ -88,13 +88,8 @@ EOF
     run systemctl daemon-reload
   fi
   ensure_enabled cri-docker.socket
-  ensure_enabled cri-docker.service
   ensure_started cri-docker.socket
-  if unit_active cri-docker.service; then
-    if ((CRI_DOCKERD_CHANGED)); then run systemctl restart cri-docker.service; fi
-  else
-    run systemctl start cri-docker.service
-  fi
+  ensure_running cri-docker.service "$CRI_DOCKERD_CHANGED"
 }
 
 main() {

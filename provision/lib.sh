@@ -131,6 +131,17 @@ unit_active() { systemctl is-active --quiet "$1" 2>/dev/null; }
 ensure_enabled() { unit_enabled "$1" || run systemctl enable "$1"; }
 ensure_started() { unit_active "$1" || run systemctl start "$1"; }
 
+# ensure_running UNIT CHANGED: UNIT enabled and running; restarted only when it was already
+# running and CHANGED is 1 (its configuration was just rewritten).
+ensure_running() {
+  ensure_enabled "$1"
+  if unit_active "$1"; then
+    if (($2)); then run systemctl restart "$1"; fi
+  else
+    run systemctl start "$1"
+  fi
+}
+
 # pkg_installed FAMILY NAME: true when the OS package NAME is installed.
 pkg_installed() {
   case "$1" in

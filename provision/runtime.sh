@@ -107,12 +107,7 @@ else:
 
 docker_service() {
   step "docker service"
-  ensure_enabled docker
-  if unit_active docker; then
-    if ((DAEMON_JSON_CHANGED)); then run systemctl restart docker; fi
-  else
-    run systemctl start docker
-  fi
+  ensure_running docker "$DAEMON_JSON_CHANGED"
 }
 
 install_containerd() {
@@ -135,12 +130,7 @@ containerd_config() {
   grep -q 'SystemdCgroup = true' <<<"$config" || die "containerd's default config has no SystemdCgroup setting to turn on"
   if write_file "$path" 0644 <<<"$config"; then changed=1; fi
   step "containerd service"
-  ensure_enabled containerd
-  if unit_active containerd; then
-    if ((changed)); then run systemctl restart containerd; fi
-  else
-    run systemctl start containerd
-  fi
+  ensure_running containerd "$changed"
 }
 
 main() {
