@@ -18,12 +18,32 @@ ignores the block's indentation) and members are replaced or inserted the same w
 else -- other documents, comments, key order, quoting, the commented-out sample pool -- is left
 as it was, and :func:`edit_manifest` checks that by re-parsing its result.
 
-IP autodetection: ``cidr=<CIDR>`` selects the address inside the lab network and never the
-Vagrant management NIC; Calico added that method after 3.11, whose methods were
-``first-found``, ``can-reach=``, ``interface=`` and ``skip-interface=`` (v3.11
-``networking/ip-autodetection.md``). For such versions ``can-reach=<host's address on the lab
-network>`` is used: the route to it leaves through the lab NIC, so its source address is the
-node's lab address.
+IP autodetection must never see ``kube-ipvs0``: with kube-proxy in IPVS mode that dummy
+interface holds every ClusterIP, externalIP and LoadBalancer address of the cluster, and the
+lab's externalIPs and MetalLB ranges lie inside the lab network. ``cidr=<lab network>`` walks
+the interfaces without calico/node's default exclude list (``FilteredEnumeration(nil, nil,
+cidrs)`` in ``node/pkg/lifecycle/startup/autodetection/`` at v3.31.6), so a calico-node
+restarted after the workloads step can take a LoadBalancer address as its node address.
+Hence, per version:
+
+* Calico with ``kubernetes-internal-ip`` and a kubelet that reports both families
+  (``current``): that method for both families. It reads the Node's ``InternalIP`` of the
+  family (``autoDetectUsingK8sInternalIP``), which the kubelet's ``--node-ip <v4>,<v6>``
+  pins to the lab addresses.
+* Calico 3.11 (``seed-2020``; methods ``first-found``, ``can-reach=``, ``interface=``,
+  ``skip-interface=``, ``pkg/startup/startup.go`` at v3.11.3-node; the 1.17 kubelet reports
+  no IPv6 InternalIP anyway): ``can-reach=<host's address on the lab network>``.
+  ``ReachDestination`` (``pkg/startup/autodetection/reachaddr.go``) takes the local address
+  of a UDP socket connected to that destination, which is the kernel's source address for
+  the route to the gateway: the connected route of the lab NIC (IPv4: its ``src``; IPv6:
+  RFC 6724 rule 5 prefers an address of the outgoing interface), never a ``/32`` or ``/128``
+  on ``kube-ipvs0``, which carries no route. It then matches that exact address against the
+  interfaces. ``tests/test_calico.py`` shows this in a network namespace with a populated
+  ``kube-ipvs0``.
+
+IPv6 egress: ``CALICO_IPV6POOL_NAT_OUTGOING`` defaults to false (``startup.go``, both
+versions), and nothing routes the pod IPv6 pool back to the nodes: the pool is made
+``natOutgoing`` like the IPv4 one.
 """
 
 from __future__ import annotations
@@ -41,9 +61,11 @@ DAEMONSET = ("DaemonSet", "calico-node")
 CONTAINER = "calico-node"
 CNI_KEY = "cni_network_config"
 
-#: First Calico release whose calico/node knows ``cidr=`` autodetection (tigera/operator#842,
-#: "Enable auto-detection based on CIDR", cherry-picked to operator release-v1.10 = Calico 3.16).
-CIDR_METHOD_SINCE = (3, 16)
+K8S_INTERNAL_IP = "kubernetes-internal-ip"
+#: First Calico release whose calico/node knows ``kubernetes-internal-ip`` autodetection
+#: (``K8S_INTERNAL_IP`` in ``node/pkg/lifecycle/startup/autodetection/autodetection_methods.go``
+#: from tag v3.22.0; absent from every v3.20.x-node and v3.21.x-node tag).
+K8S_INTERNAL_IP_SINCE = (3, 22)
 
 _DOC_SEPARATOR = re.compile(r"^---[ \t]*(?:#.*)?$")
 
@@ -60,9 +82,10 @@ def _version_tuple(version: str) -> Tuple[int, ...]:
 
 
 def autodetection_methods(cfg: LabConfig) -> Tuple[str, str]:
-    """(IPv4, IPv6) autodetection methods that pick the node's lab-network address."""
-    if _version_tuple(cfg.profile.calico_version)[:2] >= CIDR_METHOD_SINCE:
-        return f"cidr={cfg.network_ipv4}", f"cidr={cfg.network_ipv6}"
+    """(IPv4, IPv6) autodetection methods that pick the node's lab address and never ``kube-ipvs0``."""
+    if (_version_tuple(cfg.profile.calico_version)[:2] >= K8S_INTERNAL_IP_SINCE
+            and cfg.profile.kubelet_node_ip_dual):
+        return K8S_INTERNAL_IP, K8S_INTERNAL_IP
     return f"can-reach={cfg.gateway_ipv4}", f"can-reach={cfg.gateway_ipv6}"
 
 
@@ -76,6 +99,7 @@ def env_settings(cfg: LabConfig) -> List[Tuple[str, str, Optional[str]]]:
         ("IP6_AUTODETECTION_METHOD", v6_method, "IP_AUTODETECTION_METHOD"),
         ("CALICO_IPV4POOL_CIDR", str(cfg.pod_subnets[0]), "#CALICO_IPV4POOL_CIDR"),
         ("CALICO_IPV6POOL_CIDR", str(cfg.pod_subnets[1]), "CALICO_IPV4POOL_CIDR"),
+        ("CALICO_IPV6POOL_NAT_OUTGOING", "true", "CALICO_IPV6POOL_CIDR"),
         ("FELIX_IPV6SUPPORT", "true", None),
     ]
 

@@ -12,12 +12,16 @@ import re
 import shlex
 from typing import Mapping
 
+from . import kubeadm
 from .config import LabConfig, Node
 
 #: Where the lab puts its files on a node (rendered configs, scripts, env file).
 REMOTE_DIR = "/opt/dslab"
 KUBEADM_CONFIG = f"{REMOTE_DIR}/kubeadm-config.yaml"
 KUBEADM_JOIN_CONFIG = f"{REMOTE_DIR}/kubeadm-join.yaml"
+#: Written by control-plane.sh / join.sh only after ``kubeadm init`` / ``kubeadm join`` exited 0.
+INIT_DONE = "/var/lib/dslab/kubeadm-init.done"
+JOIN_DONE = "/var/lib/dslab/kubeadm-join.done"
 ENV_FILE = f"{REMOTE_DIR}/node.env"
 
 _NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
@@ -41,6 +45,7 @@ def node_env(cfg: LabConfig, node: Node) -> dict[str, str]:
         "DOMAIN": cfg.domain,
         "RUNTIME": cfg.runtime,
         "DOCKER_VERSION": profile.docker_version or "",
+        "CONTAINERD_VERSION": profile.containerd_version or "",
         "DOCKER_FIXED_CIDR_V6": str(cfg.docker_ipv6_cidr),
         "DOCKER_REPO_BASE": profile.docker_repo_base,
         "CRI_DOCKERD_URL": cri_dockerd.url if cri_dockerd else "",
@@ -55,6 +60,7 @@ def node_env(cfg: LabConfig, node: Node) -> dict[str, str]:
         "CENTOS_VAULT_URL": profile.centos_vault_url or "",
         "KUBEADM_CONFIG": KUBEADM_CONFIG,
         "KUBEADM_JOIN_CONFIG": KUBEADM_JOIN_CONFIG,
+        "CRI_SOCKET": kubeadm.cri_socket(cfg),
     }
 
 

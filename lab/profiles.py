@@ -36,6 +36,7 @@ class Profile:
     max_service_ipv6_bits: int  # host bits of the IPv6 service range the apiserver accepts
     runtimes: tuple  # container runtimes this profile supports, first is the default
     docker_version: Optional[str]  # None: the newest docker-ce of the repository
+    containerd_version: Optional[str] = None  # containerd.io beside docker-ce; None: the newest
     calico_version: str
     calico_manifest: Download
     metallb_version: str
@@ -72,9 +73,11 @@ CURRENT = Profile(
     runtimes=("docker", "containerd"),
     docker_version=None,
     calico_version="3.31.6",
-    # Names quay.io/calico/{cni,node,kube-controllers}:v3.31.6; URL pinned by commit (sha256 of the file there).
+    # projectcalico/calico tag v3.31.6 = commit cc4364f81fbb6dc6fe6e140456c98169dac99f1c; its
+    # manifests/calico.yaml names quay.io/calico/{cni,node,kube-controllers}:v3.31.6. URL pinned by
+    # that commit; sha256 of `git show v3.31.6:manifests/calico.yaml`.
     calico_manifest=Download(
-        url="https://raw.githubusercontent.com/projectcalico/calico/93c682fadb8281769563fd6162e364588bf456b7/manifests/calico.yaml",
+        url="https://raw.githubusercontent.com/projectcalico/calico/cc4364f81fbb6dc6fe6e140456c98169dac99f1c/manifests/calico.yaml",
         sha256="34012557637766d4367f0e7d2ea8b6507fca6df68e08b87fcdcd527f689e2637",
     ),
     # MetalLB 0.16.1: tag v0.16.1 is commit 791dfcc63ced7a6b3e869131eae75e645150fff0 (wolfi-dev/os
@@ -110,6 +113,11 @@ SEED_2020 = Profile(
     max_service_ipv6_bits=20,
     runtimes=("docker",),
     docker_version="19.03.5",
+    # The containerd.io of Docker's el7 stable repository in the recipe's window (Dec 2019 - Feb
+    # 2020): kubespray v2.12.3 (2020-03-05) roles/container-engine/containerd/vars/redhat.yml,
+    # containerd_versioned_pkg 'stable' = containerd.io-1.2.10-3.2.el7 (docker-ce 19.03 requires
+    # containerd.io >= 1.2.2-3). Installed as containerd.io-<this>.
+    containerd_version="1.2.10-3.2.el7",
     calico_version="3.11.3",
     # Not pinned: no official Calico 3.11 manifest lives at a stable URL any more (the versioned
     # docs are gone; the 3.11 tags hold only templates; the release asset release-v3.11.3.tgz

@@ -3,26 +3,61 @@
 #
 # The kubeadm configuration is rendered by the lab and uploaded to KUBEADM_CONFIG first.
 # Images are pulled before init, as the recipe advises on a weak network.
-# An existing /etc/kubernetes/admin.conf means the node is initialised: nothing is done.
 #
-# Reads: KUBEADM_CONFIG (default /opt/dslab/kubeadm-config.yaml)
+# Done means INIT_DONE, written only after `kubeadm init` exited 0. admin.conf alone means
+# nothing: kubeadm writes it in its kubeconfig phase, before wait-control-plane,
+# upload-config, bootstrap-token and addon, so an init that timed out leaves it behind.
+# Such a half-done node is reset (kubeadm reset, CNI config removed) and initialised again.
+# A node initialised before the marker existed is recognised by what only the last phases
+# create (the cluster-info ConfigMap of bootstrap-token, the kube-proxy DaemonSet of addon).
+#
+# Reads: KUBEADM_CONFIG (default /opt/dslab/kubeadm-config.yaml), CRI_SOCKET
 set -euo pipefail
 # shellcheck source=provision/lib.sh
 . "${DSLAB_LIB:-$(dirname "${BASH_SOURCE[0]}")/lib.sh}"
+
+INIT_DONE=/var/lib/dslab/kubeadm-init.done
+ADMIN_CONF=/etc/kubernetes/admin.conf
+
+# Any trace of an earlier kubeadm init on this node.
+init_traces() {
+  local f
+  for f in "$ADMIN_CONF" /etc/kubernetes/pki/ca.crt /etc/kubernetes/manifests/kube-apiserver.yaml \
+    /etc/kubernetes/manifests/etcd.yaml /var/lib/etcd/member; do
+    [[ -e $DSLAB_ROOT$f ]] && return 0
+  done
+  return 1
+}
+
+# An init that completed before INIT_DONE was written by this script's earlier versions.
+init_completed_earlier() {
+  [[ -f $DSLAB_ROOT$ADMIN_CONF ]] || return 1
+  kubectl --kubeconfig "$ADMIN_CONF" --request-timeout=20s -n kube-public get configmap cluster-info -o name >/dev/null 2>&1 &&
+    kubectl --kubeconfig "$ADMIN_CONF" --request-timeout=20s -n kube-system get daemonset kube-proxy -o name >/dev/null 2>&1
+}
 
 main() {
   load_env "${1:-}"
   local config=${KUBEADM_CONFIG:-/opt/dslab/kubeadm-config.yaml}
   step "kubeadm init"
-  if [[ -f $DSLAB_ROOT/etc/kubernetes/admin.conf ]]; then
-    log "already initialised (/etc/kubernetes/admin.conf exists)"
+  if [[ -f $DSLAB_ROOT$INIT_DONE ]]; then
+    log "already initialised ($INIT_DONE)"
     return 0
   fi
   [[ -f $DSLAB_ROOT$config ]] || die "kubeadm configuration $config not found (upload it first)"
+  if init_traces; then
+    if init_completed_earlier; then
+      log "initialised earlier (cluster-info and kube-proxy exist); recording it"
+      mark_done "$INIT_DONE"
+      return 0
+    fi
+    kubeadm_reset "an earlier kubeadm init did not complete"
+  fi
   step "kubeadm images pull"
   run kubeadm config images pull --config "$config"
   step "kubeadm init"
   run kubeadm init --config "$config"
+  mark_done "$INIT_DONE"
   step "done"
   log "control plane initialised"
 }

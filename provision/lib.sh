@@ -123,6 +123,28 @@ apt_asc_key() {
   chmod a+r "$DSLAB_ROOT$path" || die "cannot make $path readable"
 }
 
+# kubeadm_reset: undo a kubeadm init or join that did not complete, so it can run again.
+# `kubeadm reset` leaves the CNI configuration behind (it says so): that goes too. CRI_SOCKET
+# names the runtime: with docker-ce, containerd's socket exists beside cri-dockerd's, and
+# kubeadm refuses to guess between several.
+kubeadm_reset() {
+  local f
+  need CRI_SOCKET
+  step "kubeadm reset"
+  warn "$1; resetting the node before kubeadm runs again"
+  run kubeadm reset -f --cri-socket "$CRI_SOCKET"
+  for f in "$DSLAB_ROOT"/etc/cni/net.d/*; do
+    [[ -e $f ]] || continue
+    run rm -rf "$f"
+  done
+}
+
+# mark_done PATH: record that a kubeadm phase completed (written only after it exited 0).
+mark_done() {
+  mkdir -p "$DSLAB_ROOT$(dirname "$1")" || die "cannot create the directory of $1"
+  date -u +%Y-%m-%dT%H:%M:%SZ >"$DSLAB_ROOT$1" || die "cannot write $1"
+}
+
 # unit_enabled UNIT / unit_active UNIT: systemd state checks (read-only).
 unit_enabled() { systemctl is-enabled --quiet "$1" 2>/dev/null; }
 unit_active() { systemctl is-active --quiet "$1" 2>/dev/null; }

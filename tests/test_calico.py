@@ -71,9 +71,11 @@ def test_recipe_settings(profile):
     assert env["CALICO_IPV4POOL_CIDR"] == "10.244.0.0/16" == str(cfg.pod_subnets[0])
     assert env["CALICO_IPV6POOL_CIDR"] == "fd00:2::/48" == str(cfg.pod_subnets[1])
     assert env["FELIX_IPV6SUPPORT"] == "true"
-    if profile == "current":  # Calico 3.31 knows cidr= autodetection
-        assert env["IP_AUTODETECTION_METHOD"] == f"cidr={cfg.network_ipv4}"
-        assert env["IP6_AUTODETECTION_METHOD"] == f"cidr={cfg.network_ipv6}"
+    assert env["CALICO_IPV6POOL_NAT_OUTGOING"] == "true"  # upstream default false: no pod IPv6 egress
+    if profile == "current":  # follows the kubelet's node-ip pair; cidr= would also see kube-ipvs0
+        assert env["IP_AUTODETECTION_METHOD"] == "kubernetes-internal-ip"
+        assert env["IP6_AUTODETECTION_METHOD"] == "kubernetes-internal-ip"
+        assert not any(str(v).startswith("cidr=") for v in env.values())
     else:  # 3.11 has first-found, can-reach=, interface=, skip-interface= only
         assert env["IP_AUTODETECTION_METHOD"] == f"can-reach={cfg.gateway_ipv4}"
         assert env["IP6_AUTODETECTION_METHOD"] == f"can-reach={cfg.gateway_ipv6}"
@@ -104,6 +106,7 @@ def test_everything_else_unchanged(profile):
         "- name: IP6_AUTODETECTION_METHOD", f'value: "{calico.autodetection_methods(cfg)[1]}"',
         "- name: CALICO_IPV4POOL_CIDR", 'value: "10.244.0.0/16"',
         "- name: CALICO_IPV6POOL_CIDR", 'value: "fd00:2::/48"',
+        "- name: CALICO_IPV6POOL_NAT_OUTGOING", 'value: "true"',
         'value: "true"',
     ])
     # parsed: every field outside the edits is equal
@@ -183,3 +186,66 @@ def test_schema_helper_reports_errors():
     assert "no schema" in validate_objects([unknown], "1.36")[0]
     if kv121_available():
         assert "bogus" in validate_objects([bad], "1.17")[0]
+
+
+# --------------------------------------------------------------------------- can-reach never sees kube-ipvs0
+
+#: What calico/node 3.11's ReachDestination does (pkg/startup/autodetection/reachaddr.go at
+#: v3.11.3-node): connect a UDP socket to the destination and take its local address.
+_REACH = """
+import socket, sys
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+sock = socket.socket(family, socket.SOCK_DGRAM)
+sock.connect((sys.argv[1], 80))
+print(sock.getsockname()[0])
+"""
+
+
+@pytest.mark.parametrize("ipvs_up", [False, True], ids=["kube-ipvs0-down", "kube-ipvs0-up"])
+def test_can_reach_picks_the_lab_address_not_kube_ipvs0(ipvs_up):
+    """seed-2020's can-reach=<gateway> gives the node's lab address although kube-ipvs0 holds
+    LoadBalancer and externalIP addresses of the same network, some closer to the gateway."""
+    import os
+    import shutil
+    import subprocess
+    import sys as _sys
+
+    if shutil.which("ip") is None:
+        pytest.skip("ip (iproute2) is not installed")
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root (ip netns)")
+    from harness.netns import NetNS
+
+    cfg, _text = load("seed-2020")
+    node = cfg.node("k8s-worker01")
+    v4_method, v6_method = calico.autodetection_methods(cfg)
+    gateways = [v4_method.split("=", 1)[1], v6_method.split("=", 1)[1]]
+    assert gateways == [str(cfg.gateway_ipv4), str(cfg.gateway_ipv6)]
+    # On kube-ipvs0: the externalIPs, both ends of the MetalLB ranges, and the address right
+    # after the gateway (longest prefix match would prefer it to the node's own address).
+    on_ipvs = [cfg.external_ipv4, cfg.external_ipv6, cfg.metallb_ipv4_range.first, cfg.metallb_ipv4_range.last,
+               cfg.metallb_ipv6_range.first, cfg.metallb_ipv6_range.last, cfg.gateway_ipv4 + 1, cfg.gateway_ipv6 + 1]
+    ns = NetNS.create()
+    try:
+        def ip(*args):
+            subprocess.run(["ip", "-n", ns.name, *args], check=True, capture_output=True)
+        # veth pairs stand in for the NIC and for kube-ipvs0 (a dummy device in real life; the
+        # kernel's source address selection does not look at the device type).
+        ip("link", "add", "eth0", "type", "veth", "peer", "name", "eth0-peer")
+        ip("link", "set", "eth0-peer", "up")
+        ip("addr", "add", f"{node.ipv4}/{cfg.network_ipv4.prefixlen}", "dev", "eth0")
+        ip("-6", "addr", "add", f"{node.ipv6}/{cfg.network_ipv6.prefixlen}", "dev", "eth0", "nodad")
+        ip("link", "set", "eth0", "up")
+        ip("link", "add", "kube-ipvs0", "type", "veth", "peer", "name", "ipvs-peer")
+        for address in on_ipvs:  # as kube-proxy's IPVS proxier binds them: host routes only
+            plen = 32 if address.version == 4 else 128
+            ip("addr", "add", f"{address}/{plen}", "dev", "kube-ipvs0", *(["nodad"] if address.version == 6 else []))
+        if ipvs_up:
+            ip("link", "set", "ipvs-peer", "up")
+            ip("link", "set", "kube-ipvs0", "up")
+        for gateway, want in zip(gateways, (node.ipv4, node.ipv6)):
+            got = subprocess.run(["ip", "netns", "exec", ns.name, _sys.executable, "-c", _REACH, gateway],
+                                 check=True, capture_output=True, text=True).stdout.strip()
+            assert got == str(want), f"can-reach={gateway} picked {got}, not the lab address {want}"
+    finally:
+        ns.delete()

@@ -31,13 +31,13 @@ STUB = Path(__file__).resolve().parent / "stubs" / "stub.py"
 
 STUBBED = [
     "dnf", "yum", "apt-get", "apt-mark", "dpkg-query", "rpm", "systemctl", "modprobe", "sysctl",
-    "swapoff", "setenforce", "getenforce", "kubeadm", "curl", "nmcli", "ip", "hostnamectl",
+    "swapoff", "setenforce", "getenforce", "kubeadm", "kubectl", "curl", "nmcli", "ip", "hostnamectl",
 ]
 #: Real tools the scripts may use; everything else is absent from PATH.
 REAL_TOOLS = [
     "bash", "env", "cat", "awk", "sed", "grep", "cut", "tr", "wc", "mktemp", "mkdir", "install",
     "cmp", "rm", "mv", "chmod", "basename", "dirname", "tar", "gzip", "sha256sum", "sha512sum",
-    "python3", "head", "sort", "ls", "cp", "ln", "touch",
+    "python3", "head", "sort", "ls", "cp", "ln", "touch", "date",
 ]
 
 #: argv patterns that change the system. Each entry: command -> predicate on its arguments.
@@ -592,15 +592,99 @@ def test_interface_not_found(tmp_path):
     assert f"step 'detect' failed: no interface has the address {env['NODE_IPV4']}" in result.stderr
 
 
-def test_join_once(tmp_path):
+INIT = ["kubeadm", "init", "--config", "/opt/dslab/kubeadm-config.yaml"]
+JOIN = ["kubeadm", "join", "--config", "/opt/dslab/kubeadm-join.yaml"]
+
+
+def kubeadm_node(tmp_path, node_name="k8s-master01"):
     node, _, _ = prepare_scenario(tmp_path, "el9-current-docker")
-    env, _ = lab_env("current", None, "k8s-worker01")
+    env, _ = lab_env("current", None, node_name)
     node.write("opt/dslab/kubeadm-join.yaml", "kind: JoinConfiguration\n")
+    node.write("etc/cni/net.d/10-calico.conflist", "{}\n")
+    return node, env
+
+
+def test_init_fresh_node_then_done(tmp_path):
+    node, env = kubeadm_node(tmp_path)
+    node.root.joinpath("etc/cni/net.d/10-calico.conflist").unlink()
+    node.run("control-plane.sh", env)
+    calls = node.calls()
+    assert calls.index(INIT) > calls.index(["kubeadm", "config", "images", "pull", "--config",
+                                            "/opt/dslab/kubeadm-config.yaml"])
+    assert not contains(calls, "kubeadm", "reset")
+    assert node.root.joinpath("var/lib/dslab/kubeadm-init.done").is_file()
+    node.clear_calls()
+    node.run("control-plane.sh", env)
+    assert changing(node.calls()) == []
+
+
+def test_half_done_init_is_reset_and_run_again(tmp_path):
+    """admin.conf is written before wait-control-plane: an init that timed out there is not done."""
+    node, env = kubeadm_node(tmp_path)
+    node.update(fail=["kubeadm init"])
+    node.run("control-plane.sh", env, check=False)  # what kubeadm wrote before failing stays
+    node.write("etc/kubernetes/admin.conf", "half-done\n")
+    assert not node.root.joinpath("var/lib/dslab/kubeadm-init.done").exists()
+    node.update(fail=[])
+    node.clear_calls()
+    result = node.run("control-plane.sh", env)
+    calls = node.calls()
+    reset = ["kubeadm", "reset", "-f", "--cri-socket", env["CRI_SOCKET"]]
+    assert env["CRI_SOCKET"] == "unix:///var/run/cri-dockerd.sock"
+    assert reset in calls and calls.index(reset) < calls.index(INIT)
+    assert "did not complete" in result.stderr
+    assert not node.root.joinpath("etc/cni/net.d/10-calico.conflist").exists()
+    assert node.root.joinpath("var/lib/dslab/kubeadm-init.done").is_file()
+
+
+def test_init_completed_before_the_marker_is_recorded_not_reset(tmp_path):
+    node, env = kubeadm_node(tmp_path)
+    node.write("etc/kubernetes/admin.conf", "earlier\n")
+    node.update(objects=["configmap/cluster-info", "daemonset/kube-proxy"])
+    node.run("control-plane.sh", env)
+    calls = node.calls()
+    assert changing(calls) == [] and not contains(calls, "kubeadm", "reset")
+    assert node.root.joinpath("var/lib/dslab/kubeadm-init.done").is_file()
+    # only cluster-info (bootstrap-token ran, addon did not): not complete
+    node2, env2 = kubeadm_node(tmp_path / "b")
+    node2.write("etc/kubernetes/admin.conf", "earlier\n")
+    node2.update(objects=["configmap/cluster-info"])
+    node2.run("control-plane.sh", env2)
+    assert contains(node2.calls(), "kubeadm", "reset") and INIT in node2.calls()
+
+
+def test_join_once(tmp_path):
+    node, env = kubeadm_node(tmp_path, "k8s-worker01")
     node.run("join.sh", env)
-    assert has(node.calls(), "kubeadm", "join", "--config", "/opt/dslab/kubeadm-join.yaml")
+    assert has(node.calls(), *JOIN) and not contains(node.calls(), "kubeadm", "reset")
+    assert node.root.joinpath("var/lib/dslab/kubeadm-join.done").is_file()
     node.clear_calls()
     node.run("join.sh", env)
     assert changing(node.calls()) == []
+
+
+def test_failed_join_is_reset_and_retried(tmp_path):
+    """A failed join leaves pki/ca.crt and bootstrap-kubelet.conf: the retry resets first."""
+    node, env = kubeadm_node(tmp_path, "k8s-worker01")
+    node.update(fail=["kubeadm join"])
+    assert node.run("join.sh", env, check=False).returncode != 0
+    node.write("etc/kubernetes/pki/ca.crt", "left by the failed join\n")
+    node.write("etc/kubernetes/bootstrap-kubelet.conf", "left by the failed join\n")
+    assert not node.root.joinpath("var/lib/dslab/kubeadm-join.done").exists()
+    node.update(fail=[])
+    node.clear_calls()
+    node.run("join.sh", env)
+    calls = node.calls()
+    reset = ["kubeadm", "reset", "-f", "--cri-socket", env["CRI_SOCKET"]]
+    assert reset in calls and calls.index(reset) < calls.index(JOIN)
+    assert not node.root.joinpath("etc/cni/net.d/10-calico.conflist").exists()
+    assert node.root.joinpath("var/lib/dslab/kubeadm-join.done").is_file()
+
+
+def test_done_markers_are_where_the_lab_looks():
+    from lab import nodeenv
+    assert f"INIT_DONE={nodeenv.INIT_DONE}\n" in (PROVISION / "control-plane.sh").read_text()
+    assert f"JOIN_DONE={nodeenv.JOIN_DONE}\n" in (PROVISION / "join.sh").read_text()
 
 
 def test_join_without_config_fails_clearly(tmp_path):

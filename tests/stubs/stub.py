@@ -289,13 +289,40 @@ def cmd_curl(state, args):
         sys.stdout.buffer.write(data)
 
 
+#: What kubeadm writes on a node (init: in its certs, kubeconfig and control-plane phases;
+#: join: kubelet-start), and what ``kubeadm reset`` removes again.
+KUBEADM_INIT_FILES = ("etc/kubernetes/pki/ca.crt", "etc/kubernetes/admin.conf",
+                      "etc/kubernetes/manifests/kube-apiserver.yaml")
+KUBEADM_JOIN_FILES = ("etc/kubernetes/pki/ca.crt", "etc/kubernetes/bootstrap-kubelet.conf",
+                      "etc/kubernetes/kubelet.conf", "var/lib/kubelet/config.yaml")
+
+
+def _write_all(paths):
+    for rel in paths:
+        (ROOT / rel).parent.mkdir(parents=True, exist_ok=True)
+        (ROOT / rel).write_text(f"fake {rel}\n")
+
+
 def cmd_kubeadm(state, args):
     if args[:1] == ["init"]:
-        (ROOT / "etc/kubernetes").mkdir(parents=True, exist_ok=True)
-        (ROOT / "etc/kubernetes/admin.conf").write_text("fake admin.conf\n")
+        _write_all(KUBEADM_INIT_FILES)
     elif args[:1] == ["join"]:
-        (ROOT / "etc/kubernetes").mkdir(parents=True, exist_ok=True)
-        (ROOT / "etc/kubernetes/kubelet.conf").write_text("fake kubelet.conf\n")
+        _write_all(KUBEADM_JOIN_FILES)
+    elif args[:1] == ["reset"]:
+        for rel in set(KUBEADM_INIT_FILES + KUBEADM_JOIN_FILES):
+            (ROOT / rel).unlink(missing_ok=True)
+
+
+def cmd_kubectl(state, args):
+    """``kubectl ... get KIND NAME``: exit 0 when ``KIND/NAME`` is in ``state["objects"]``."""
+    words = [a for a in args if not a.startswith("-")]
+    if "get" in words:
+        kind, name = words[words.index("get") + 1:words.index("get") + 3]
+        if f"{kind}/{name}" in state.get("objects", []):
+            print(f"{kind}/{name}")
+            return 0
+        sys.stderr.write(f'Error from server (NotFound): {kind} "{name}" not found\n')
+        return 1
 
 
 def cmd_containerd(state, args):
