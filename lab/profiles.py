@@ -36,7 +36,6 @@ class Profile:
     max_service_ipv6_bits: int  # host bits of the IPv6 service range the apiserver accepts
     runtimes: tuple  # container runtimes this profile supports, first is the default
     docker_version: Optional[str]  # None: the newest docker-ce of the repository
-    containerd_version: Optional[str] = None  # containerd.io beside docker-ce; None: the newest
     calico_version: str
     calico_manifest: Download
     metallb_version: str
@@ -50,6 +49,7 @@ class Profile:
     kubernetes_repo_base: str = "https://pkgs.k8s.io/core:/stable:"  # + /v<minor>/{rpm,deb}/
     docker_repo_base: str = "https://download.docker.com/linux"  # + /centos/docker-ce.repo, /debian
     centos_vault_url: Optional[str] = None  # EL7 only: base repos rewritten to this vault tree
+    containerd_version: Optional[str] = None  # containerd.io beside docker-ce on EL; None: the newest
 
     @property
     def kubernetes_minor(self) -> str:
