@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable
 
-from . import calico, kubeadm, nodeenv
+from . import calico, kubeadm, nodeenv, waits
 from .config import Node
 from .context import Context
 from .errors import StepError
@@ -28,6 +29,8 @@ REMOTE_CALICO = f"{REMOTE_DIR}/calico.yaml"
 ADMIN_CONF = "/etc/kubernetes/admin.conf"
 CA_CERT = "/etc/kubernetes/pki/ca.crt"
 KUBECONFIG_MODE = 0o600
+_clock = time.monotonic
+_sleep = time.sleep
 
 
 def on_nodes(nodes: Iterable[Node], action: Callable[[Node], None]) -> None:
@@ -67,7 +70,7 @@ def control_plane(ctx: Context) -> None:
     config = kubeadm.render_init(ctx.cfg, bootstrap_token(ctx.state))
     digest = hashlib.sha256(config.encode()).hexdigest()
     applied = ctx.state.get("kubeadm_applied")
-    initialised = ctx.runner.run(node.name, ["test", "-e", ADMIN_CONF], check=False).ok
+    initialised = ctx.runner.run(node.name, ["test", "-e", nodeenv.INIT_DONE], check=False).ok
     if initialised and applied not in (None, digest):
         raise StepError("control-plane", "the kubeadm configuration changed after `kubeadm init` (subnets, "
                         "addresses or versions cannot change on a running cluster); run `invoke lab.destroy`, "
@@ -95,16 +98,7 @@ def cni(ctx: Context) -> None:
         ctx.runner.put_text(node, edited, REMOTE_CALICO)
         ctx.kubectl(["apply", "-f", REMOTE_CALICO])
         ctx.state.set("calico_applied", digest)
-    wait_rollout(ctx, "kube-system", "daemonset/calico-node")
-
-
-def wait_rollout(ctx: Context, namespace: str, what: str) -> None:
-    """Wait until ``what`` is rolled out, or fail naming it."""
-    result = ctx.kubectl(["-n", namespace, "rollout", "status", what, f"--timeout={ctx.cfg.ready_timeout}s"],
-                         check=False, timeout=ctx.cfg.ready_timeout + 60)
-    if not result.ok:
-        raise StepError("wait", f"{namespace}/{what} is not ready after {ctx.cfg.ready_timeout} s: "
-                        f"{(result.stderr or result.stdout).strip()[-200:]}", ctx.log_path)
+    waits.wait_rollout(ctx, "kube-system", "daemonset/calico-node", ctx.cfg.ready_timeout, step="cni")
 
 
 def ensure_token(ctx: Context) -> str:
@@ -125,17 +119,18 @@ def join(ctx: Context) -> None:
     token = ensure_token(ctx)
 
     def join_one(node: Node) -> None:
+        if not ctx.runner.run(node.name, ["test", "-e", nodeenv.JOIN_DONE], check=False).ok:
+            # Joined again (after a failed join): an earlier registration under this name would
+            # make kubeadm refuse ("a Node with name ... already exists").
+            ctx.kubectl(["delete", "node", node.name, "--ignore-not-found"])
         upload_inputs(ctx, node)
         ctx.runner.put_text(node.name, kubeadm.render_join(ctx.cfg, node, token, ca_hash), REMOTE_JOIN, "0600")
         ctx.runner.run(node.name, ["bash", f"{REMOTE_DIR}/provision/join.sh", REMOTE_ENV])
 
     on_nodes(ctx.cfg.workers, join_one)
+    deadline = _clock() + ctx.cfg.ready_timeout
     for node in ctx.cfg.nodes:
-        result = ctx.kubectl(["wait", "--for=condition=Ready", f"node/{node.name}",
-                              f"--timeout={ctx.cfg.ready_timeout}s"], check=False, timeout=ctx.cfg.ready_timeout + 60)
-        if not result.ok:
-            raise StepError("join", f"node {node.name} is not Ready after {ctx.cfg.ready_timeout} s "
-                            f"(on the node: journalctl -u kubelet)", ctx.log_path)
+        waits.wait_node_ready(ctx, node.name, deadline, clock=_clock, sleep=_sleep)
 
 
 def kubeconfig_path(ctx: Context) -> Path:

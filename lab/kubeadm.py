@@ -23,6 +23,15 @@ What differs between the two API versions and Kubernetes releases, and why:
 * control-plane taint: ``node-role.kubernetes.io/master`` in 1.17,
   ``node-role.kubernetes.io/control-plane`` (kubeadm's default) today.
 * CRI socket: dockershim's in 1.17; cri-dockerd's or containerd's today.
+* ``ExtendWebSocketsToKubelet`` (beta, on by default from 1.36; kubernetes/website
+  ``feature-gates/extend-websockets-to-kubelet.md``): kube-apiserver then hands exec, attach
+  and port-forward WebSockets straight to the kubelet of a node that declares the feature,
+  and the kubelet declares it when its own gate is on (``nodedeclaredfeatures``). cri-dockerd
+  serves its streams over plain HTTP at a scheme-less base URL, which the kubelet then dials
+  as HTTPS ("server gave HTTP response to HTTPS client"; Mirantis/cri-dockerd#560, #569;
+  kubespray 80b3345e). With the docker runtime on 1.36+, the gate is off on both components
+  that read it: the kubelet (KubeletConfiguration, which ``kubeadm join`` hands to every
+  worker) and kube-apiserver (``--feature-gates``).
 """
 
 from __future__ import annotations
@@ -50,6 +59,8 @@ API_PORT = 6443
 DNS_DOMAIN = "cluster.local"
 IMAGE_REPOSITORY_2020 = "registry.k8s.io"  # k8s.gcr.io is frozen; its images were copied here
 DUAL_STACK_GATE = "IPv6DualStack"
+WEBSOCKETS_GATE = "ExtendWebSocketsToKubelet"
+WEBSOCKETS_GATE_SINCE = (1, 36)
 
 KUBELET_API = "kubelet.config.k8s.io/v1beta1"
 KUBE_PROXY_API = "kubeproxy.config.k8s.io/v1alpha1"
@@ -187,6 +198,14 @@ def _node_registration(cfg: LabConfig, node: Node) -> Dict[str, Any]:
     return reg
 
 
+def gates_off(cfg: LabConfig) -> List[str]:
+    """Feature gates turned off on kube-apiserver and the kubelet for this runtime and version."""
+    version = tuple(int(p) for p in cfg.profile.kubernetes_version.split(".")[:2])
+    if cfg.runtime == "docker" and version >= WEBSOCKETS_GATE_SINCE:
+        return [WEBSOCKETS_GATE]
+    return []
+
+
 def control_plane_endpoint(cfg: LabConfig) -> str:
     """``<control-plane IPv4>:6443``."""
     return f"{cfg.control_plane.ipv4}:{API_PORT}"
@@ -232,6 +251,9 @@ def init_config(cfg: LabConfig, token: str) -> List[Dict[str, Any]]:
             }),
         },
     }
+    off = gates_off(cfg)
+    if off:
+        cluster["apiServer"]["extraArgs"] = _args(cfg, {"feature-gates": ",".join(f"{g}=false" for g in off)})
     if not _v1beta4(cfg):
         cluster["imageRepository"] = IMAGE_REPOSITORY_2020
         cluster["dns"] = {"type": "CoreDNS"}
@@ -245,6 +267,8 @@ def init_config(cfg: LabConfig, token: str) -> List[Dict[str, Any]]:
     }
     if gate:
         kubelet["featureGates"] = {DUAL_STACK_GATE: True}
+    if off:
+        kubelet.setdefault("featureGates", {}).update({g: False for g in off})
 
     proxy: Dict[str, Any] = {
         "apiVersion": KUBE_PROXY_API,

@@ -40,7 +40,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from . import nodeenv
+from . import nodeenv, waits
 from .config import AddressRange, LabConfig
 from .context import Context
 from .errors import ConfigError, StepError
@@ -480,12 +480,7 @@ def _apply_set(ctx: Context, key: str, text: str, deadline: float, *, retry_webh
 
 
 def _wait_rollout(ctx: Context, namespace: str, what: str, deadline: float) -> None:
-    seconds = _remaining(deadline)
-    result = ctx.kubectl(["-n", namespace, "rollout", "status", what, f"--timeout={seconds}s"],
-                         check=False, timeout=seconds + 60)
-    if not result.ok:
-        raise StepError("wait", f"{namespace}/{what} is not ready after {ctx.cfg.ready_timeout} s: "
-                        f"{(result.stderr or result.stdout).strip()[-200:]}", ctx.log_path)
+    waits.wait_rollout(ctx, namespace, what, _remaining(deadline))
 
 
 def _install_key(cfg: LabConfig) -> str:

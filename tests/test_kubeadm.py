@@ -124,7 +124,10 @@ def test_init_fields(profile):
     kl = d["KubeletConfiguration"]
     assert kl["apiVersion"] == "kubelet.config.k8s.io/v1beta1"
     assert kl["cgroupDriver"] == "systemd"
-    assert kl.get("featureGates") == ({"IPv6DualStack": True} if seed else None)
+    # 1.36 with cri-dockerd: exec/attach WebSockets must not go to the kubelet (plain-HTTP streams)
+    assert kl.get("featureGates") == ({"IPv6DualStack": True} if seed else {"ExtendWebSocketsToKubelet": False})
+    if not seed:
+        assert cl["apiServer"]["extraArgs"] == [{"name": "feature-gates", "value": "ExtendWebSocketsToKubelet=false"}]
 
     kp = d["KubeProxyConfiguration"]
     assert kp["apiVersion"] == "kubeproxy.config.k8s.io/v1alpha1"
@@ -212,7 +215,32 @@ ALLOWED_DIFFERENCES = {
     "ClusterConfiguration.imageRepository",
     # v1beta2 has dns.type (the recipe's CoreDNS); v1beta4 has no such field
     "ClusterConfiguration.dns.type",
+    # 1.36 + cri-dockerd: ExtendWebSocketsToKubelet off on kube-apiserver and the kubelet
+    "ClusterConfiguration.apiServer.extraArgs.feature-gates",
+    "KubeletConfiguration.featureGates.ExtendWebSocketsToKubelet",
 }
+
+
+@pytest.mark.parametrize("profile, runtime, version, off", [
+    ("current", "docker", "1.36.0", True),
+    ("current", "docker", "1.37.2", True),
+    ("current", "docker", "1.35.4", False),  # the gate's default is off before 1.36
+    ("current", "containerd", "1.36.0", False),  # containerd's streaming server is fine
+    ("seed-2020", "docker", "1.17.2", False),
+])
+def test_websockets_gate_off_only_with_cri_dockerd_from_136(profile, runtime, version, off):
+    import dataclasses
+    cfg = cfg_of(profile)
+    cfg = dataclasses.replace(cfg, runtime=runtime, profile=dataclasses.replace(cfg.profile, kubernetes_version=version))
+    d = {doc["kind"]: doc for doc in kubeadm.init_config(cfg, kubeadm.new_token())}
+    kubelet_gates = d["KubeletConfiguration"].get("featureGates", {})
+    api_args = args_map(d["ClusterConfiguration"]["apiServer"].get("extraArgs", []))
+    if off:
+        assert kubelet_gates["ExtendWebSocketsToKubelet"] is False
+        assert api_args["feature-gates"] == "ExtendWebSocketsToKubelet=false"
+    else:
+        assert "ExtendWebSocketsToKubelet" not in kubelet_gates
+        assert "feature-gates" not in api_args
 
 
 def test_profiles_differ_only_where_they_must():
