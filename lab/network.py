@@ -68,7 +68,15 @@ def _libvirt():
         import libvirt  # noqa: PLC0415 - optional at import time so rendering works without it
     except ImportError as exc:  # pragma: no cover - depends on the host
         raise LabError("libvirt-python is not installed; run: pip install -e .") from exc
+    # libvirt's default error handler prints every error on stderr ("libvirt: QEMU Driver error :
+    # Domain not found: ..."), even those the lab expects and handles (looking up a machine that
+    # does not exist yet). Errors still raise libvirtError; the status lines stay the only output.
+    libvirt.registerErrorHandler(_quiet, None)
     return libvirt
+
+
+def _quiet(_ctx, _error) -> None:
+    """A libvirt error handler that prints nothing."""
 
 
 @contextlib.contextmanager

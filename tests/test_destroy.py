@@ -87,3 +87,23 @@ def test_marked_directory_keeps_what_the_lab_did_not_write(tmp_path):
     destroy.remove_state(cfg.state_dir)
     assert (cfg.state_dir / "notes.txt").read_text() == "keep me"
     assert not (cfg.state_dir / "Vagrantfile").exists()
+
+
+def test_expected_libvirt_errors_print_nothing():
+    """Looking up what does not exist yet is routine; libvirt's own handler must not print it."""
+    import subprocess
+    import sys
+    code = (
+        "import libvirt\n"
+        "from lab import network\n"
+        "with network.connect('test:///default') as conn:\n"
+        "    for look in (conn.lookupByName, conn.networkLookupByName, conn.storageVolLookupByPath):\n"
+        "        try:\n"
+        "            look('dslab-not-there')\n"
+        "        except libvirt.libvirtError as exc:\n"
+        "            print(exc.get_error_code())\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.split()) == 3  # each lookup did fail, as a libvirtError
+    assert proc.stderr == ""
