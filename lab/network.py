@@ -97,6 +97,12 @@ def connect(uri: str) -> Iterator:
         conn.close()
 
 
+def is_active(conn, name: str) -> bool:
+    """True when the libvirt network ``name`` exists and runs."""
+    net = _lookup(conn, name)
+    return net is not None and bool(net.isActive())
+
+
 def _lookup(conn, name):
     libvirt = _libvirt()
     try:

@@ -6,7 +6,8 @@ import dataclasses
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
-from typing import List, Tuple
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple
 
 from . import machines, network
 from .config import LabConfig
@@ -18,6 +19,10 @@ HOST_RESERVE_MB = 512
 KUBEADM_MIN_CPUS = 2
 KUBEADM_MIN_MEMORY_MB = 1700
 KIB = 1024
+#: A route the kernel made from a router advertisement (linux/ipv6_route.h).
+RTF_ADDRCONF = 0x00040000
+IPV6_ROUTES = Path("/proc/net/ipv6_route")
+IPV6_CONF = Path("/proc/sys/net/ipv6/conf")
 
 
 def is_local(uri: str) -> bool:
@@ -42,6 +47,53 @@ def kvm_available(conn) -> bool:
             if any(d.get("type") == "kvm" for d in arch.findall("domain")):
                 return True
     return False
+
+
+def read_accept_ra(interface: str) -> Optional[int]:
+    """``net.ipv6.conf.<interface>.accept_ra`` of this host ("all" for the global one)."""
+    try:
+        return int((IPV6_CONF / interface / "accept_ra").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def ra_route_problems(routes: str, accept_ra: Callable[[str], Optional[int]]) -> List[str]:
+    """Interfaces whose router-advertised IPv6 routes make libvirt refuse the lab network.
+
+    libvirt starts an IPv6 network with forwarding only when no route of ``/proc/net/ipv6_route``
+    that carries RTF_ADDRCONF sits on an interface with ``accept_ra`` 1 (or 0 while ``all`` is 1):
+    turning on forwarding would make the kernel flush those routes (``virNetDevIPCheckIPv6Forwarding``,
+    libvirt ``src/util/virnetdevip.c``). The fix is ``accept_ra=2`` on that interface.
+    """
+    everywhere = accept_ra("all")
+    found = []
+    for line in routes.splitlines():
+        fields = line.split()
+        if len(fields) < 10:
+            continue
+        try:
+            flags = int(fields[8], 16)
+        except ValueError:
+            continue
+        interface = fields[9]
+        if not flags & RTF_ADDRCONF or interface in found:
+            continue
+        value = accept_ra(interface)
+        if value == 1 or (value == 0 and everywhere == 1):
+            found.append(interface)
+    return [f"host: interface {name} has IPv6 routes from router advertisements, and libvirt will not start "
+            f"an IPv6 network with forwarding while they could be flushed; run `sysctl -w "
+            f"net.ipv6.conf.{name}.accept_ra=2` (and keep it in /etc/sysctl.d/), then `invoke lab.up` again"
+            for name in found]
+
+
+def host_ra_route_problems() -> List[str]:
+    """:func:`ra_route_problems` for this host (nothing when IPv6 is off)."""
+    try:
+        routes = IPV6_ROUTES.read_text()
+    except OSError:
+        return []
+    return ra_route_problems(routes, read_accept_ra)
 
 
 def vagrant_plugins() -> str:
@@ -109,5 +161,7 @@ def _check_libvirt(cfg: LabConfig, conn, problems: List[str], warnings: List[str
     if is_local(cfg.libvirt_uri):
         taken += [(where, net) for where, net in network.host_ranges()
                   if not where.endswith(f" {cfg.bridge_name}")]
+        if not network.is_active(conn, cfg.network_name):  # libvirt checks when it starts the network
+            problems.extend(host_ra_route_problems())
     problems.extend(network.clashes(cfg, taken))
     return cfg
