@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +27,8 @@ REMOTE_KUBEADM = nodeenv.KUBEADM_CONFIG
 REMOTE_JOIN = nodeenv.KUBEADM_JOIN_CONFIG
 REMOTE_CALICO_UPSTREAM = f"{REMOTE_DIR}/calico-upstream.yaml"
 REMOTE_CALICO = f"{REMOTE_DIR}/calico.yaml"
+REMOTE_CACHE = "/var/cache/dslab"
+FETCH = nodeenv.FETCH
 ADMIN_CONF = "/etc/kubernetes/admin.conf"
 CA_CERT = "/etc/kubernetes/pki/ca.crt"
 KUBECONFIG_MODE = 0o600
@@ -84,12 +87,30 @@ def control_plane(ctx: Context) -> None:
 
 
 def cni(ctx: Context) -> None:
-    """Fetch the pinned Calico manifest on the control plane, edit it for dual-stack, apply it."""
+    """Fetch the pinned Calico manifest on the control plane, edit it for dual-stack, apply it.
+
+    Where the pin is a release archive (Calico 3.11), the manifest is its member, and the
+    archive's image tarballs are loaded on every node first, so no node pulls them.
+    """
     node = ctx.cfg.control_plane.name
-    pin = ctx.cfg.profile.calico_manifest
-    if not pin.url or not pin.sha256:
-        raise StepError("cni", f"profile {ctx.cfg.profile.name} has no pinned Calico manifest with a sha256")
-    ctx.runner.run(node, ["bash", f"{REMOTE_DIR}/provision/fetch.sh", pin.url, pin.sha256, REMOTE_CALICO_UPSTREAM])
+    profile = ctx.cfg.profile
+    pin = profile.calico_manifest
+    if not pin.url or not pin.checksum:
+        raise StepError("cni", f"profile {profile.name} has no pinned Calico manifest with a checksum")
+    if pin.member:
+        archive = f"{REMOTE_CACHE}/{pin.url.rstrip('/').rsplit('/', 1)[-1]}"
+
+        def fetch_archive(target: Node) -> None:
+            upload_inputs(ctx, target)
+            ctx.runner.run(target.name, ["bash", FETCH, *pin.fetch_args(archive)])
+            if profile.calico_images:
+                ctx.runner.run(target.name, ["bash", f"{REMOTE_DIR}/provision/load-images.sh", archive,
+                                             *profile.calico_images])
+        on_nodes(ctx.cfg.nodes if profile.calico_images else [ctx.cfg.control_plane], fetch_archive)
+        ctx.runner.run(node, f"tar -xzOf {shlex.quote(archive)} {shlex.quote(pin.member)} > "
+                             f"{shlex.quote(REMOTE_CALICO_UPSTREAM)}")
+    else:
+        ctx.runner.run(node, ["bash", FETCH, *pin.fetch_args(REMOTE_CALICO_UPSTREAM)])
     upstream = ctx.runner.run(node, ["cat", REMOTE_CALICO_UPSTREAM]).stdout
     edited = calico.edit_manifest(upstream, ctx.cfg)
     digest = hashlib.sha256(edited.encode()).hexdigest()

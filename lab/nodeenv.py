@@ -23,6 +23,8 @@ KUBEADM_JOIN_CONFIG = f"{REMOTE_DIR}/kubeadm-join.yaml"
 INIT_DONE = "/var/lib/dslab/kubeadm-init.done"
 JOIN_DONE = "/var/lib/dslab/kubeadm-join.done"
 ENV_FILE = f"{REMOTE_DIR}/node.env"
+#: provision/fetch.sh on a node: ``bash FETCH URL SUM DEST [MIRROR...]``.
+FETCH = f"{REMOTE_DIR}/provision/fetch.sh"
 
 _NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 

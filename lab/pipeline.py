@@ -162,7 +162,7 @@ STEP_INPUTS = {
     "runtime": (NODE_INPUTS, ("lib.sh", "runtime.sh")),
     "kubernetes": (NODE_INPUTS, ("lib.sh", "cri-dockerd.sh", "kubernetes.sh", "fetch.sh")),
     "control-plane": ((*NODE_INPUTS, "kubeadm-config.yaml"), ("lib.sh", "control-plane.sh")),
-    "cni": (NODE_INPUTS, ("lib.sh", "fetch.sh")),
+    "cni": (NODE_INPUTS, ("lib.sh", "fetch.sh", "load-images.sh")),
     "join": (NODE_INPUTS, ("lib.sh", "join.sh")),
     "metallb": (("manifests/metallb-config.yaml",), ("lib.sh", "fetch.sh")),
     "workloads": (("manifests/nginx.yaml", "manifests/services.yaml"), ()),

@@ -19,6 +19,17 @@ class Download:
     url: str
     sha256: str
     sha512: str = ""  # used where upstream publishes only a sha512 (e.g. 2020 release tarballs)
+    mirrors: Tuple[str, ...] = ()  # more URLs of the same bytes, tried in turn; the sum decides
+    member: str = ""  # the file to use is this member of the (tar.gz) download
+
+    @property
+    def checksum(self) -> str:
+        """The pinned sum fetch.sh checks (sha256, else sha512)."""
+        return self.sha256 or self.sha512
+
+    def fetch_args(self, dest: str) -> List[str]:
+        """The arguments of ``provision/fetch.sh`` that put this download at ``dest``."""
+        return [self.url, self.checksum, dest, *self.mirrors]
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,7 @@ class Profile:
     docker_repo_base: str = "https://download.docker.com/linux"  # + /centos/docker-ce.repo, /debian
     centos_vault_url: Optional[str] = None  # EL7 only: base repos rewritten to this vault tree
     containerd_version: Optional[str] = None  # containerd.io beside docker-ce on EL; None: the newest
+    calico_images: Tuple[str, ...] = ()  # `docker save` members of calico_manifest's archive, loaded on every node
 
     @property
     def kubernetes_minor(self) -> str:
@@ -105,7 +117,11 @@ SEED_2020 = Profile(
     name="seed-2020",
     description="CentOS 7 (vault), Docker 19.03.5, Kubernetes 1.17.2, Calico 3.11, MetalLB 0.9",
     box="centos/7",
-    box_url=None,
+    # The CentOS project's own libvirt box of CentOS 7 (2004.01, the last 7 box), by URL, so the
+    # profile does not depend on the Vagrant Cloud entry; as pinned by other labs' Vagrantfiles.
+    # No copy of the sha256sum.txt published beside it could be read offline, so no
+    # box_download_checksum is set (Vagrant checks nothing of this box); the README says so.
+    box_url="https://cloud.centos.org/centos/7/vagrant/x86_64/images/CentOS-7-x86_64-Vagrant-2004_01.LibVirt.box",
     kubernetes_version="1.17.2",
     kubeadm_api_version="v1beta2",
     dual_stack_feature_gate=True,
@@ -119,20 +135,36 @@ SEED_2020 = Profile(
     # containerd.io >= 1.2.2-3). Installed as containerd.io-<this>.
     containerd_version="1.2.10-3.2.el7",
     calico_version="3.11.3",
-    # Not pinned: no official Calico 3.11 manifest lives at a stable URL any more (the versioned
-    # docs are gone; the 3.11 tags hold only templates; the release asset release-v3.11.3.tgz
-    # carries one). The cni step refuses until a URL and its sha256 are set here.
-    calico_manifest=Download(url="", sha256=""),
-    # MetalLB 0.9.6: the last 0.9 release; namespace.yaml first, then metallb.yaml (ships
-    # PodSecurityPolicies; speakers need the memberlist secret). metallb.yaml's sha256 is not
-    # pinned yet: the metallb step refuses until it is.
-    metallb_version="0.9.6",
+    # Calico's own release artifact: release-v3.11.3.tgz of the projectcalico/calico GitHub release
+    # v3.11.3 (tag commit 677299316880c513965c82786b04a927914a1299, 2020-05-28). Its Makefile
+    # (`release-archive`, lines 349-455 at that tag) puts the rendered docs manifest at
+    # release-v3.11.3/k8s-manifests/calico.yaml and `docker save` tarballs of the images under
+    # release-v3.11.3/images/. Git holds only the Jekyll template of the manifest (tag and branch
+    # release-legacy), and no copy of the rendered file could be confirmed, so the archive is
+    # pinned: sha256 as locked by kanwren/hermit-packages calicoctl.hcl @74344801 (the one
+    # published sum found). 3.11.3 stands in for the recipe's 3.11.1/3.11.2: same manifest, fixes only.
+    calico_manifest=Download(
+        url="https://github.com/projectcalico/calico/releases/download/v3.11.3/release-v3.11.3.tgz",
+        sha256="f6f01f4ee9da6a7606c750d2035510b97286e4ee27447720fae64304671c2a94",
+        member="release-v3.11.3/k8s-manifests/calico.yaml",
+    ),
+    # The images that manifest names (calico/{cni,pod2daemon-flexvol,node,kube-controllers}:v3.11.3),
+    # loaded from the same archive on every node instead of about a dozen Docker Hub pulls.
+    calico_images=tuple(f"release-v3.11.3/images/calico-{name}.tar"
+                        for name in ("node", "cni", "kube-controllers", "pod2daemon-flexvol")),
+    # MetalLB 0.9.8 (metallb/metallb tag v0.9.8 = commit b57f9934b9424d24109a8e0f5e4425836e2f00c1,
+    # 2023-04-14, head of branch v0.9: "no MetalLB code changes", a rebuild of 0.9 on quay.io).
+    # The 0.9.6 manifests name Docker Hub images metallb/{speaker,controller} that are gone
+    # (canonical/microk8s#3854); 0.9.8's name quay.io/metallb/{speaker,controller}:v0.9.8.
+    # namespace.yaml first, then metallb.yaml (ships PodSecurityPolicies; speakers need the
+    # memberlist secret). Sums of `git show v0.9.8:manifests/<file>`: namespace.yaml 91 B (the same
+    # bytes in every 0.9 tag), metallb.yaml 7533 B. 0.9.8 stands in for the recipe's 0.8.x/0.9.x.
+    metallb_version="0.9.8",
     metallb_manifests=(
-        # metallb/metallb manifests/namespace.yaml @76e62657325baa3cfb0031112e1332f993e2d854 (91 B): the
-        # file's only version from v0.9.0 until its removal in v0.13, so the v0.9.6 tag holds these bytes.
-        Download(url="https://raw.githubusercontent.com/metallb/metallb/v0.9.6/manifests/namespace.yaml",
+        Download(url="https://raw.githubusercontent.com/metallb/metallb/b57f9934b9424d24109a8e0f5e4425836e2f00c1/manifests/namespace.yaml",
                  sha256="51a1c68cd8f92e4653075ea978642689a7786099000f9017a616567bab76114f"),
-        Download(url="https://raw.githubusercontent.com/metallb/metallb/v0.9.6/manifests/metallb.yaml", sha256=""),
+        Download(url="https://raw.githubusercontent.com/metallb/metallb/b57f9934b9424d24109a8e0f5e4425836e2f00c1/manifests/metallb.yaml",
+                 sha256="f3f8b232840eaf536717dcd1fdc34bc99adb02c587d0550aa87b6ad3dd06c9f6"),
     ),
     nginx_image="docker.io/library/nginx:1.17",
     kubernetes_schema_version="1.17",

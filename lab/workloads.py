@@ -51,7 +51,7 @@ APP = "my-nginx"
 REPLICAS = 3
 PORT = 80
 REMOTE_MANIFEST_DIR = f"{nodeenv.REMOTE_DIR}/manifests"
-FETCH = f"{nodeenv.REMOTE_DIR}/provision/fetch.sh"
+FETCH = nodeenv.FETCH
 
 SVC_IPV4 = "my-nginx-svc-ipv4"
 SVC_IPV6 = "my-nginx-svc-ipv6"
@@ -521,7 +521,7 @@ def deploy_metallb(ctx: Context) -> None:
     if not installed:
         for pin in cfg.profile.metallb_manifests:
             dest = _remote_path(cfg, pin.url)
-            ctx.runner.run(node, ["bash", FETCH, pin.url, pin.sha256, dest])
+            ctx.runner.run(node, ["bash", FETCH, *pin.fetch_args(dest)])
             ctx.kubectl(["apply", "-f", dest], timeout=300)
         ctx.state.set(STATE_PREFIX + "metallb-install", install)
 

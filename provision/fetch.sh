@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# fetch.sh URL SUM DEST: download URL to DEST, checked against SUM.
+# fetch.sh URL SUM DEST [MIRROR...]: download URL to DEST, checked against SUM.
 #
+# MIRROR: further URLs of the same file, tried in turn when a download fails or its sum is
+# wrong; the pinned SUM decides, whichever URL served the bytes.
 # SUM is a sha256 (64 hex digits) or, where upstream publishes only that, a sha512
 # (128 hex digits). DEST already there with the right sum: nothing is done. The download
 # goes to a temporary file beside DEST and is moved into place only once verified.
@@ -10,8 +12,9 @@ set -euo pipefail
 . "${DSLAB_LIB:-$(dirname "${BASH_SOURCE[0]}")/lib.sh}"
 
 fetch_main() {
-  [[ $# -eq 3 ]] || die "usage: fetch.sh URL SHA256|SHA512 DEST"
-  local url=$1 want=$2 dest="$DSLAB_ROOT$3" tool have tmp
+  [[ $# -ge 3 ]] || die "usage: fetch.sh URL SHA256|SHA512 DEST [MIRROR...]"
+  local url=$1 want=$2 dest="$DSLAB_ROOT$3" tool have tmp source failures=()
+  local -a urls=("$1" "${@:4}")
   step "fetch $(basename "$3")"
   want=${want,,}
   case "${#want}" in
@@ -31,15 +34,24 @@ fetch_main() {
   tmp=$(mktemp "$dest.part.XXXXXX")
   # shellcheck disable=SC2064
   trap "rm -f '$tmp'" EXIT
-  run curl -fsSL --retry 5 --retry-delay 3 -o "$tmp" "$url"
-  have=$("$tool" "$tmp" | cut -d' ' -f1)
-  if [[ $have != "$want" ]]; then
-    die "checksum mismatch for $url: expected $want, got $have"
-  fi
-  chmod 0644 "$tmp"
-  mv -f "$tmp" "$dest"
-  trap - EXIT
-  log "fetched $url -> $3"
+  for source in "${urls[@]}"; do
+    log "+ curl $source"
+    if ! curl -fsSL --retry 5 --retry-delay 3 -o "$tmp" "$source"; then
+      failures+=("$source: download failed")
+      continue
+    fi
+    have=$("$tool" "$tmp" | cut -d' ' -f1)
+    if [[ $have != "$want" ]]; then
+      failures+=("checksum mismatch for $source: expected $want, got $have")
+      continue
+    fi
+    chmod 0644 "$tmp"
+    mv -f "$tmp" "$dest"
+    trap - EXIT
+    log "fetched $source -> $3"
+    return 0
+  done
+  die "$(printf '%s; ' "${failures[@]}")no URL gave the pinned file"
 }
 
 fetch_main "$@"

@@ -249,3 +249,44 @@ def test_changed_kubeadm_config_refused_only_after_a_completed_init(tmp_path):
         cluster.control_plane(ctx)
     assert err.value.reason == "stop here"
     assert any(a[:2] == ["bash", f"{nodeenv.REMOTE_DIR}/provision/control-plane.sh"] for _n, a in ctx.runner.calls)
+
+
+# --------------------------------------------------------------------------- cni from a release archive
+
+
+def test_calico_311_comes_from_its_release_archive_with_images_loaded_everywhere(tmp_path, monkeypatch):
+    manifest = (__import__("pathlib").Path(__file__).parent / "fixtures" / "calico-3.11.yaml").read_text()
+    runner = FakeNodes([
+        (lambda w: w == ["cat", cluster.REMOTE_CALICO_UPSTREAM], Result(0, manifest)),
+        (lambda w: "rollout" in w, Result(0, "daemon set \"calico-node\" successfully rolled out")),
+    ])
+    ctx = context(tmp_path, runner, profile="seed-2020")
+    pin = ctx.cfg.profile.calico_manifest
+    archive = f"{cluster.REMOTE_CACHE}/release-v3.11.3.tgz"
+    cluster.cni(ctx)
+    by_node = {}
+    for node, argv in runner.calls:
+        by_node.setdefault(node, []).append(argv)
+    for node in ctx.cfg.nodes:
+        calls = by_node[node.name]
+        fetch = ["bash", nodeenv.FETCH, pin.url, pin.sha256, archive]
+        load = ["bash", f"{nodeenv.REMOTE_DIR}/provision/load-images.sh", archive, *ctx.cfg.profile.calico_images]
+        assert fetch in calls and load in calls and calls.index(fetch) < calls.index(load)
+    cp = by_node[ctx.cfg.control_plane.name]
+    extract = next(a for a in cp if a and isinstance(a[0], str) and a[0].startswith("tar -xzOf"))
+    assert extract == [f"tar -xzOf {archive} {pin.member} > {cluster.REMOTE_CALICO_UPSTREAM}"]
+    # load before apply: no calico pod starts before its image is on the node
+    apply = next(i for i, (_n, a) in enumerate(runner.calls) if a[3:4] == ["apply"])
+    last_load = max(i for i, (_n, a) in enumerate(runner.calls) if a[1:2] == [f"{nodeenv.REMOTE_DIR}/provision/load-images.sh"])
+    assert last_load < apply
+
+
+def test_calico_331_manifest_is_fetched_as_it_is(tmp_path):
+    manifest = (__import__("pathlib").Path(__file__).parent / "fixtures" / "calico-3.31.yaml").read_text()
+    runner = FakeNodes([(lambda w: w == ["cat", cluster.REMOTE_CALICO_UPSTREAM], Result(0, manifest))])
+    ctx = context(tmp_path, runner)
+    cluster.cni(ctx)
+    pin = ctx.cfg.profile.calico_manifest
+    assert [a for _n, a in runner.calls if a[:2] == ["bash", nodeenv.FETCH]] == [
+        ["bash", nodeenv.FETCH, pin.url, pin.sha256, cluster.REMOTE_CALICO_UPSTREAM]]
+    assert not any("load-images.sh" in " ".join(map(str, a)) for _n, a in runner.calls)
