@@ -7,10 +7,10 @@ run the many small idempotence checks the steps make.
 
 from __future__ import annotations
 
-import io
+import base64
 import shlex
+import stat
 import subprocess
-import tarfile
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -85,12 +85,29 @@ class SshRunner:
         self.run(node, ["install", "-D", "-m", mode, "/dev/stdin", remote], input=text.encode())
 
     def put_tree(self, node: str, local_dir: Path, remote_dir: str) -> None:
-        """Copy a directory (one tar stream) to ``remote_dir`` on ``node``."""
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-            tar.add(str(local_dir), arcname=".")
-        self.run(node, f"mkdir -p {shlex.quote(remote_dir)} && tar -xzf - -C {shlex.quote(remote_dir)} --no-same-owner",
-                 input=buffer.getvalue())
+        """Copy a directory to ``remote_dir`` on ``node`` in one ssh call, modes kept.
+
+        The node may have no tar yet (EL9 images without it: prepare.sh installs it later), so
+        the tree goes as one bash script on stdin that writes each file with ``base64 -d`` and
+        sets its mode: bash and coreutils only. Every path is single-quoted in the script; each
+        file is written beside its final name and renamed into place.
+        """
+        local_dir, quote = Path(local_dir), shlex.quote
+        root = remote_dir.rstrip("/") or "/"
+        lines = ["set -euo pipefail", "umask 022", f"mkdir -p -- {quote(root)}"]
+        for path in sorted(local_dir.rglob("*")):
+            target = f"{root}/{path.relative_to(local_dir).as_posix()}"
+            if path.is_symlink() or not (path.is_dir() or path.is_file()):
+                raise ValueError(f"{path}: only directories and regular files can be copied to a node")
+            mode = f"{stat.S_IMODE(path.stat().st_mode):04o}"
+            if path.is_dir():
+                lines.append(f"mkdir -p -- {quote(target)} && chmod {mode} -- {quote(target)}")
+                continue
+            data = base64.b64encode(path.read_bytes()).decode("ascii")  # [A-Za-z0-9+/=]: no quoting needed
+            tmp = quote(f"{target}.dslab-upload")
+            lines.append(f"printf '%s' '{data}' | base64 -d > {tmp}")
+            lines.append(f"chmod {mode} -- {tmp} && mv -f -- {tmp} {quote(target)}")
+        self.run(node, ["bash", "-s"], input=("\n".join(lines) + "\n").encode())
 
     def get(self, node: str, remote: str, local: Path) -> None:
         """Copy ``remote`` from ``node`` to ``local``."""
