@@ -164,7 +164,8 @@ ensure_running() {
   fi
 }
 
-# pkg_installed FAMILY NAME: true when the OS package NAME is installed.
+# pkg_installed FAMILY SPEC: true when the OS package SPEC is installed. On rpm, SPEC may be
+# NAME, NAME-VERSION or NAME-VERSION-RELEASE (rpm -q matches all three).
 pkg_installed() {
   case "$1" in
     debian) [[ $(dpkg-query -W -f='${Status}' "$2" 2>/dev/null || true) == "install ok installed" ]] ;;
@@ -173,22 +174,41 @@ pkg_installed() {
 }
 
 # pkg_version FAMILY NAME: installed version (deb: upstream-revision), empty if absent.
+# rpm -q prints "package NAME is not installed" on stdout for a missing one: never returned.
 pkg_version() {
+  pkg_installed "$1" "$2" || return 0
   case "$1" in
     debian) dpkg-query -W -f='${Version}' "$2" 2>/dev/null || true ;;
     *) rpm -q --qf '%{VERSION}' "$2" 2>/dev/null || true ;;
   esac
 }
 
-# pkg_install FAMILY PACKAGE...: install with the OS's package manager.
+# pkg_install FAMILY ARG...: install with the OS's package manager (ARGs: packages and options).
+# EL7's yum skips names it cannot find and still exits 0 (yum.conf(5): skip_missing_names_on_install,
+# default True): it is told not to, and every package asked for is checked with rpm afterwards.
 pkg_install() {
   local family=$1
   shift
   case "$family" in
-    el7) run yum install -y "$@" ;;
+    el7)
+      run yum install -y --setopt=skip_missing_names_on_install=False "$@"
+      pkg_check_installed el7 "$@"
+      ;;
     el9) run dnf install -y "$@" ;;
     debian) run env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" ;;
   esac
+}
+
+# pkg_check_installed FAMILY ARG...: every package ARG (options skipped) is installed.
+pkg_check_installed() {
+  local family=$1 spec
+  shift
+  local missing=()
+  for spec in "$@"; do
+    [[ $spec == -* ]] && continue
+    pkg_installed "$family" "$spec" || missing+=("$spec")
+  done
+  ((${#missing[@]} == 0)) || die "the package manager exited 0 but did not install: ${missing[*]} (not in the enabled repositories?)"
 }
 
 # ensure_packages FAMILY PACKAGE...: install only those not installed.
@@ -205,3 +225,4 @@ ensure_packages() {
   fi
   pkg_install "$family" "${missing[@]}"
 }
+

@@ -86,15 +86,16 @@ EOF
 }
 
 persist_el9() {
-  local ifname=$1 conn current want
+  local ifname=$1 uuid current want
   step "ipv6 persistence (NetworkManager)"
-  conn=$(nmcli -g GENERAL.CONNECTION device show "$ifname" 2>/dev/null || true)
-  [[ -n $conn ]] || die "NetworkManager has no connection on $ifname"
-  current=$(nmcli -g ipv6.method,ipv6.addresses,ipv6.gateway connection show "$conn")
+  # By UUID: a connection name need not be unique, its UUID is.
+  uuid=$(nmcli -g GENERAL.CON-UUID device show "$ifname" 2>/dev/null || true)
+  [[ -n $uuid ]] || die "NetworkManager has no connection on $ifname"
+  current=$(nmcli -g ipv6.method,ipv6.addresses,ipv6.gateway connection show "$uuid")
   want=$(printf '%s\n%s\n%s' manual "$NODE_IPV6/$NODE_IPV6_PREFIXLEN" "$GATEWAY_IPV6")
   # nmcli -g escapes ':' in values as '\:'.
   if [[ ${current//\\:/:} != "$want" ]]; then
-    run nmcli connection modify "$conn" ipv6.method manual \
+    run nmcli connection modify "$uuid" ipv6.method manual \
       ipv6.addresses "$NODE_IPV6/$NODE_IPV6_PREFIXLEN" ipv6.gateway "$GATEWAY_IPV6"
     # Apply the changed profile to the device without taking it down (IPv4 lease kept).
     run nmcli device reapply "$ifname"
@@ -122,7 +123,11 @@ persist_el7() {
   fi
   content=$(set_kv IPV6INIT yes <<<"$content" | set_kv IPV6_AUTOCONF no | set_kv IPV6_DEFROUTE yes |
     set_kv IPV6ADDR "$NODE_IPV6/$NODE_IPV6_PREFIXLEN" | set_kv IPV6_DEFAULTGW "$GATEWAY_IPV6")
-  if write_file "$file" 0644 <<<"$content"; then :; fi
+  if write_file "$file" 0644 <<<"$content"; then
+    # NetworkManager (when it runs) does not pick up an edited ifcfg file by itself: reloaded, its
+    # view of the profile matches the file before the next reboot.
+    if unit_active NetworkManager; then run nmcli connection reload; fi
+  fi
 }
 
 set_hostname() {

@@ -73,15 +73,34 @@ centos_vault() {
   done
 }
 
+# Package names and where each was seen for its OS: provision/PACKAGES.md.
 packages() {
-  local family=$1
+  local family=$1 pkgs=()
   step "packages"
   case "$family" in
-    el7) ensure_packages el7 ipset ipvsadm curl conntrack-tools socat ethtool iptables ebtables tar ;;
-    # EL9 has no ebtables package (iptables-nft covers it); kubeadm only warns without it.
-    el9) ensure_packages el9 ipset ipvsadm curl conntrack-tools socat ethtool iptables-nft tar ;;
-    debian) ensure_packages debian ipset ipvsadm curl ca-certificates conntrack socat ethtool iptables ebtables tar ;;
+    el7) pkgs=(ipset ipvsadm conntrack-tools socat ethtool iptables ebtables tar) ;;
+    # On EL9 iptables-nft provides the ebtables command (and the "ebtables" capability), and tc
+    # comes in its own package: kubeadm's preflight warns without it (FileExisting-tc).
+    el9) pkgs=(ipset ipvsadm conntrack-tools socat ethtool iptables-nft iproute-tc tar) ;;
+    debian) pkgs=(ipset ipvsadm ca-certificates conntrack socat ethtool iptables ebtables tar) ;;
   esac
+  # The curl command, whichever package brought it: EL9 images carry curl-minimal, where
+  # `rpm -q curl` says missing and installing curl conflicts with curl-minimal.
+  command -v curl >/dev/null 2>&1 || pkgs+=(curl)
+  ensure_packages "$family" "${pkgs[@]}"
+}
+
+# NetworkManager leaves Calico's interfaces alone: the file Calico's documentation gives
+# (tigera/docs, calico 3.31 operations/troubleshoot/troubleshooting.mdx, "Configure
+# NetworkManager"), applied with `systemctl reload NetworkManager` (as Red Hat documents for
+# conf.d changes that mark devices unmanaged).
+networkmanager_calico() {
+  step "networkmanager"
+  unit_active NetworkManager || return 0
+  if write_file /etc/NetworkManager/conf.d/calico.conf 0644 <<'EOF'; then run systemctl reload NetworkManager; fi
+[keyfile]
+unmanaged-devices=interface-name:cali*;interface-name:tunl*;interface-name:vxlan.calico;interface-name:vxlan-v6.calico;interface-name:wireguard.cali;interface-name:wg-v6.cali
+EOF
 }
 
 # kernel_at_least MAJOR MINOR
@@ -155,6 +174,7 @@ main() {
     centos_vault
   fi
   packages "$family"
+  networkmanager_calico
   kernel_modules
   sysctls
   step "done"

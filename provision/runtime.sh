@@ -6,7 +6,7 @@
 # Kubernetes 1.24+ (cri-dockerd) is installed with the kubelet, by cri-dockerd.sh.
 # RUNTIME=containerd: containerd with the systemd cgroup driver.
 #
-# Reads: RUNTIME DOCKER_VERSION DOCKER_FIXED_CIDR_V6 DOCKER_REPO_BASE
+# Reads: RUNTIME DOCKER_VERSION CONTAINERD_VERSION DOCKER_FIXED_CIDR_V6 DOCKER_REPO_BASE
 set -euo pipefail
 # shellcheck source=provision/lib.sh
 . "${DSLAB_LIB:-$(dirname "${BASH_SOURCE[0]}")/lib.sh}"
@@ -36,28 +36,41 @@ EOF
   esac
 }
 
+# containerd_package FAMILY: containerd.io, pinned to CONTAINERD_VERSION ([epoch:]version-release
+# on EL, e.g. 1.2.10-3.2.el7) when that is set.
+containerd_package() {
+  local v=${CONTAINERD_VERSION:-}
+  if [[ -z $v ]]; then
+    printf 'containerd.io\n'
+  elif [[ $1 == debian ]]; then
+    die "CONTAINERD_VERSION pinning is only supported on EL (got $v)"
+  else
+    printf 'containerd.io-%s\n' "$v"
+  fi
+}
+
 install_docker() {
-  local family=$1 v=${DOCKER_VERSION:-}
+  local family=$1 v=${DOCKER_VERSION:-} containerd
   step "docker install"
   if command -v dockerd >/dev/null 2>&1; then
     log "dockerd is already installed ($(command -v dockerd)); using it"
     return 0
   fi
+  containerd=$(containerd_package "$family")
   docker_repo "$family"
   case "$family" in
     el7 | el9)
       if [[ -n $v ]]; then
         # name-version: yum/dnf match it against the packages' [epoch:]version-release
-        # (docker-ce-19.03.5 -> docker-ce-19.03.5-3.el7); containerd.io is left unpinned, as in
-        # the docs' install-a-specific-version command.
-        pkg_install "$family" "docker-ce-$v" "docker-ce-cli-$v" containerd.io
+        # (docker-ce-19.03.5 -> docker-ce-19.03.5-3.el7); containerd.io as CONTAINERD_VERSION says.
+        pkg_install "$family" "docker-ce-$v" "docker-ce-cli-$v" "$containerd"
       else
-        pkg_install "$family" docker-ce docker-ce-cli containerd.io
+        pkg_install "$family" docker-ce docker-ce-cli "$containerd"
       fi
       ;;
     debian)
       [[ -z $v ]] || die "DOCKER_VERSION pinning is only supported on EL (got $v)"
-      pkg_install debian docker-ce docker-ce-cli containerd.io
+      pkg_install debian docker-ce docker-ce-cli "$containerd"
       ;;
   esac
 }
@@ -111,15 +124,16 @@ docker_service() {
 }
 
 install_containerd() {
-  local family=$1
+  local family=$1 containerd
   step "containerd install"
   if command -v containerd >/dev/null 2>&1; then
     log "containerd is already installed; using it"
     return 0
   fi
   # containerd.io from Docker's repository on every family (one source, current releases).
+  containerd=$(containerd_package "$family")
   docker_repo "$family"
-  pkg_install "$family" containerd.io
+  pkg_install "$family" "$containerd"
 }
 
 containerd_config() {

@@ -31,7 +31,7 @@ STUB = Path(__file__).resolve().parent / "stubs" / "stub.py"
 
 STUBBED = [
     "dnf", "yum", "apt-get", "apt-mark", "dpkg-query", "rpm", "systemctl", "modprobe", "sysctl",
-    "swapoff", "setenforce", "getenforce", "kubeadm", "kubectl", "curl", "nmcli", "ip", "hostnamectl",
+    "swapoff", "setenforce", "getenforce", "kubeadm", "kubectl", "nmcli", "ip", "hostnamectl",
 ]
 #: Real tools the scripts may use; everything else is absent from PATH.
 REAL_TOOLS = [
@@ -67,6 +67,12 @@ OS_RELEASE = {
     "debian": 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\nVERSION_CODENAME=bookworm\n',
 }
 KERNEL = {"el7": "3.10.0-1160.el7.x86_64", "el9": "5.14.0-427.el9.x86_64", "debian": "6.1.0-18-amd64"}
+#: The package that brings the curl command on each test box.
+CURL_PACKAGE = {"el7": "curl", "el9": "curl-minimal", "debian": "curl"}
+NM_UUID = "5fb06bd0-0bb0-7ffb-45f1-d6edd65f3e03"
+#: Calico 3.31 docs (operations/troubleshoot/troubleshooting.mdx, "Configure NetworkManager").
+CALICO_NM_CONF = ("[keyfile]\nunmanaged-devices=interface-name:cali*;interface-name:tunl*;interface-name:vxlan.calico;"
+                  "interface-name:vxlan-v6.calico;interface-name:wireguard.cali;interface-name:wg-v6.cali\n")
 HOSTS = ("127.0.0.1   localhost localhost.localdomain\n"
          "127.0.1.1 k8s-master01 k8s-master01\n"
          "::1 localhost ip6-localhost ip6-loopback\n"
@@ -131,8 +137,9 @@ class Node:
                 ]},
             },
             "routes6": ["default via fe80::1 dev eth1 proto ra metric 1024 expires 1790sec pref medium"],
-            "nm": {"devices": {"eth1": "System eth1"},
-                   "connections": {"System eth1": {"ipv6.method": "auto", "ipv6.addresses": "", "ipv6.gateway": ""}}},
+            "nm": {"devices": {"eth1": NM_UUID},
+                   "connections": {NM_UUID: {"connection.id": "System eth1", "ipv6.method": "auto",
+                                             "ipv6.addresses": "", "ipv6.gateway": ""}}},
             "swap_units": [],
             "zram_unit_files": [],
             "downloads": {},
@@ -141,6 +148,8 @@ class Node:
         if family.startswith("el"):
             state["selinux"] = "Enforcing"
             state["services"]["firewalld"] = {"enabled": True, "active": True, "masked": False}
+            # CentOS 7 and EL9 boxes run NetworkManager.
+            state["services"]["NetworkManager"] = {"enabled": True, "active": True, "masked": False}
             self.write("etc/selinux/config", "SELINUX=enforcing\nSELINUXTYPE=targeted\n")
         if family == "el7":
             self.write("etc/sysconfig/network-scripts/ifcfg-eth1",
@@ -157,6 +166,8 @@ class Node:
                        "auto eth1\nallow-hotplug eth1\niface eth1 inet dhcp\n")
         self.save(state)
         (self.stub / "calls.log").write_text("")
+        # The curl command is there on every box: EL9 images carry curl-minimal, not curl.
+        self.preinstall(CURL_PACKAGE[family], ["curl"], "7.76.1" if family == "el9" else "1.0")
 
     # state helpers
     def write(self, rel: str, text: str) -> Path:
@@ -416,7 +427,15 @@ def test_full_run_then_idempotent_rerun(tmp_path, scenario):
         assert "\nmirrorlist=" not in repo
         install = next(c for c in calls if c[:3] == ["yum", "install", "-y"] and "ipset" in c)
         assert {"ipvsadm", "conntrack-tools", "socat", "ebtables", "ethtool"} <= set(install)
-        assert has(calls, "yum", "install", "-y", "docker-ce-19.03.5", "docker-ce-cli-19.03.5", "containerd.io")
+        assert "iproute-tc" not in install  # EL7's iproute has tc
+        assert has(calls, "yum", "install", "-y", "--setopt=skip_missing_names_on_install=False",
+                   "docker-ce-19.03.5", "docker-ce-cli-19.03.5", "containerd.io-1.2.10-3.2.el7")
+        assert env["CONTAINERD_VERSION"] == "1.2.10-3.2.el7"
+        assert all("--setopt=skip_missing_names_on_install=False" in c for c in calls if c[:2] == ["yum", "install"])
+        # and checked by rpm afterwards, pinned specs by name and version
+        assert has(calls, "rpm", "-q", "--quiet", "containerd.io-1.2.10-3.2.el7")
+        assert has(calls, "rpm", "-q", "--quiet", "docker-ce-19.03.5")
+        assert has(calls, "nmcli", "connection", "reload")
         ifcfg = node.read("etc/sysconfig/network-scripts/ifcfg-eth1")
         assert f"IPV6ADDR={env['NODE_IPV6']}/64" in ifcfg and f"IPV6_DEFAULTGW={env['GATEWAY_IPV6']}" in ifcfg
         assert "IPV6_AUTOCONF=no" in ifcfg and "BOOTPROTO=dhcp" in ifcfg
@@ -430,9 +449,20 @@ def test_full_run_then_idempotent_rerun(tmp_path, scenario):
         assert "ExecStart=/usr/bin/kubelet $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS $KUBELET_KUBEADM_ARGS $KUBELET_EXTRA_ARGS" in dropin
         assert has(calls, "systemctl", "daemon-reload")
         assert not node.root.joinpath("etc/systemd/system/cri-docker.service").exists()
+    if family.startswith("el"):
+        assert node.read("etc/NetworkManager/conf.d/calico.conf") == CALICO_NM_CONF
+        assert has(calls, "systemctl", "reload", "NetworkManager")
+        # the box's curl command is used as it is (EL9: curl-minimal, which conflicts with curl)
+        assert not any(c[:2] in (["yum", "install"], ["dnf", "install"]) and "curl" in c for c in calls)
+    else:
+        assert not node.root.joinpath("etc/NetworkManager/conf.d/calico.conf").exists()
     if family == "el9":
-        assert has(calls, "nmcli", "connection", "modify", "System eth1", "ipv6.method", "manual",
+        assert has(calls, "nmcli", "-g", "GENERAL.CON-UUID", "device", "show", "eth1")
+        assert has(calls, "nmcli", "connection", "modify", NM_UUID, "ipv6.method", "manual",
                    "ipv6.addresses", f"{env['NODE_IPV6']}/64", "ipv6.gateway", env["GATEWAY_IPV6"])
+        install = next(c for c in calls if c[:3] == ["dnf", "install", "-y"] and "ipset" in c)
+        # tc in its own package (kubeadm preflight FileExisting-tc); ebtables from iptables-nft
+        assert {"iproute-tc", "iptables-nft", "conntrack-tools"} <= set(install) and "ebtables" not in install
         assert has(calls, "nmcli", "device", "reapply", "eth1")
         assert has(calls, "systemctl", "mask", "systemd-zram-setup@zram0.service")
         repo = node.read("etc/yum.repos.d/kubernetes.repo")
@@ -775,3 +805,197 @@ def test_debian_docker_repo_key_and_line(tmp_path):
     assert node.read("etc/apt/sources.list.d/docker.list") == (
         "deb [arch=amd64 signed-by=/etc/apt/keyrings/docker.asc] https://download.docker.com/linux/debian bookworm stable\n")
     assert contains(node.calls(), "apt-get", "install", "docker-ce", "docker-ce-cli", "containerd.io")
+
+
+# --------------------------------------------------------------------------- packages, NetworkManager
+
+
+def without_curl(node):
+    state = node.state()
+    state["packages"].pop(CURL_PACKAGE[node.family])
+    node.save(state)
+    (node.stub / "bin" / "curl").unlink()
+
+
+@pytest.mark.parametrize("scenario,box_curl,installs", [
+    # EL9 boxes carry curl-minimal: `rpm -q curl` says missing, `dnf install curl` conflicts
+    ("el9-current-docker", "curl-minimal", False),
+    ("el7-seed-2020", "curl", False),
+    ("debian-current-docker", "curl", False),
+    ("el9-current-docker", None, True),
+    ("el7-seed-2020", None, True),
+    ("debian-current-docker", None, True),
+])
+def test_curl_is_required_as_a_command(tmp_path, scenario, box_curl, installs):
+    node, env, _ = prepare_scenario(tmp_path, scenario)
+    if box_curl is None:
+        without_curl(node)
+    else:
+        assert box_curl in node.state()["packages"]
+    node.run("prepare.sh", env)
+    installed = [c for c in node.calls() if "install" in c and c[0] in ("yum", "dnf", "apt-get")]
+    assert any("curl" in c for c in installed) == installs
+    assert (node.stub / "bin" / "curl").exists()
+    if installs:
+        node.clear_calls()
+        node.run("prepare.sh", env)
+        assert changing(node.calls()) == []
+
+
+@pytest.mark.parametrize("scenario,nm_active,existing,writes", [
+    # EL7 and EL9 without the file: the full runs
+    ("el9-current-docker", True, "[keyfile]\nunmanaged-devices=interface-name:cali*\n", True),
+    ("el7-seed-2020", True, CALICO_NM_CONF, False),
+    ("el9-current-docker", False, None, False),
+])
+def test_networkmanager_leaves_calico_interfaces_alone(tmp_path, scenario, nm_active, existing, writes):
+    node, env, _ = prepare_scenario(tmp_path, scenario)
+    state = node.state()
+    if nm_active:
+        assert state["services"]["NetworkManager"]["active"]
+    else:
+        state["services"].pop("NetworkManager", None)
+        node.save(state)
+    path = "etc/NetworkManager/conf.d/calico.conf"
+    if existing is not None:
+        node.write(path, existing)
+    node.run("prepare.sh", env)
+    reload = ["systemctl", "reload", "NetworkManager"]
+    assert (reload in node.calls()) == writes
+    if nm_active:
+        assert node.read(path) == CALICO_NM_CONF
+        assert (node.root / path).stat().st_mode & 0o777 == 0o644
+    else:
+        assert not (node.root / path).exists()
+    node.clear_calls()
+    node.run("prepare.sh", env)
+    assert changing(node.calls()) == []
+
+
+@pytest.mark.parametrize("ignores_setopt,message", [
+    # yum told not to skip missing names fails itself
+    (False, "Unable to find a match: ipvsadm"),
+    # a yum that skips them anyway is caught by the rpm check
+    (True, "the package manager exited 0 but did not install: ipvsadm"),
+])
+def test_el7_yum_missing_package_fails_clearly(tmp_path, ignores_setopt, message):
+    node, env, _ = prepare_scenario(tmp_path, "el7-seed-2020")
+    node.update(unavailable=["ipvsadm"], yum_ignores_setopt=ignores_setopt)
+    result = node.run("prepare.sh", env, check=False)
+    assert result.returncode != 0
+    assert "dslab: step 'packages' failed" in result.stderr and message in result.stderr
+    assert not contains(node.calls(), "modprobe")  # nothing after the failed step
+
+
+def test_el7_yum_install_checked_by_name_and_version(tmp_path):
+    """docker-ce-19.03.5 is installed when rpm knows docker-ce at version 19.03.5."""
+    node, env, _ = prepare_scenario(tmp_path, "el7-seed-2020")
+    node.run("runtime.sh", env)
+    assert node.state()["packages"]["docker-ce"] == "19.03.5"
+    assert node.state()["packages"]["containerd.io"] == "1.2.10-3.2.el7"
+    rpm_checks = [c[-1] for c in node.calls() if c[:3] == ["rpm", "-q", "--quiet"]]
+    assert {"docker-ce-19.03.5", "docker-ce-cli-19.03.5", "containerd.io-1.2.10-3.2.el7"} <= set(rpm_checks)
+
+
+@pytest.mark.parametrize("scenario,runtime,containerd_version,expected", [
+    ("el7-seed-2020", "docker", "1.2.10-3.2.el7", ["yum", "install", "-y", "--setopt=skip_missing_names_on_install=False",
+                                                   "docker-ce-19.03.5", "docker-ce-cli-19.03.5",
+                                                   "containerd.io-1.2.10-3.2.el7"]),
+    ("el7-seed-2020", "docker", "", ["yum", "install", "-y", "--setopt=skip_missing_names_on_install=False",
+                                     "docker-ce-19.03.5", "docker-ce-cli-19.03.5", "containerd.io"]),
+    ("el7-seed-2020", "containerd", "1.2.10-3.2.el7", ["yum", "install", "-y",
+                                                       "--setopt=skip_missing_names_on_install=False",
+                                                       "containerd.io-1.2.10-3.2.el7"]),
+    ("el9-current-docker", "docker", "", ["dnf", "install", "-y", "docker-ce", "docker-ce-cli", "containerd.io"]),
+    ("el9-current-containerd", "containerd", "", ["dnf", "install", "-y", "containerd.io"]),
+])
+def test_containerd_io_pinned_by_containerd_version(tmp_path, scenario, runtime, containerd_version, expected):
+    node, env, _ = prepare_scenario(tmp_path, scenario)
+    env = {**env, "RUNTIME": runtime, "CONTAINERD_VERSION": containerd_version}
+    node.run("runtime.sh", env)
+    installs = [c for c in node.calls() if c[1:2] == ["install"]]
+    assert installs == [expected]
+    node.clear_calls()
+    node.run("runtime.sh", env)
+    assert changing(node.calls()) == []
+
+
+def test_containerd_version_pin_is_el_only(tmp_path):
+    node, env, _ = prepare_scenario(tmp_path, "debian-current-docker")
+    result = node.run("runtime.sh", {**env, "RUNTIME": "containerd", "CONTAINERD_VERSION": "1.2.10-3.2.el7"},
+                      check=False)
+    assert result.returncode != 0 and "CONTAINERD_VERSION pinning is only supported on EL" in result.stderr
+    assert not contains(node.calls(), "apt-get", "install")
+
+
+PKG_VERSION_SCRIPT = '''#!/usr/bin/env bash
+set -euo pipefail
+. "$1/lib.sh"
+printf '[%s]' "$(pkg_version "$2" "$3")"
+'''
+
+
+@pytest.mark.parametrize("family,installed,expected", [
+    ("el9", None, ""),  # rpm prints "package kubelet is not installed" on stdout
+    ("el7", None, ""),
+    ("debian", None, ""),
+    ("el9", "1.36.0", "1.36.0"),
+    ("el7", "1.2.10-3.2.el7", "1.2.10"),  # %{VERSION} only
+    ("debian", "1.36.0-1.1", "1.36.0-1.1"),
+])
+def test_pkg_version(tmp_path, family, installed, expected):
+    node = Node(tmp_path, family)
+    if installed is not None:
+        node.preinstall("kubelet", version=installed)
+    script = tmp_path / "pkg-version.sh"
+    script.write_text(PKG_VERSION_SCRIPT)
+    result = node.run(str(script), {}, str(PROVISION), family, "kubelet")
+    assert result.stdout == f"[{expected}]"
+
+
+# --------------------------------------------------------------------------- network persistence
+
+
+@pytest.mark.parametrize("nm_active,ifcfg_current,reloads", [
+    (True, False, True),
+    (True, True, False),   # the file already says it: nothing to reload
+    (False, False, False),  # no NetworkManager: the network service reads ifcfg at boot
+])
+def test_el7_ifcfg_change_reloads_networkmanager(tmp_path, nm_active, ifcfg_current, reloads):
+    node, env, _ = prepare_scenario(tmp_path, "el7-seed-2020")
+    if not nm_active:
+        state = node.state()
+        state["services"].pop("NetworkManager")
+        node.save(state)
+    if ifcfg_current:
+        first = Node(tmp_path / "first", "el7")
+        first.assign_ipv4(env["NODE_IPV4"])
+        first.run("network.sh", env)
+        node.write("etc/sysconfig/network-scripts/ifcfg-eth1", first.read("etc/sysconfig/network-scripts/ifcfg-eth1"))
+    node.run("network.sh", env)
+    calls = node.calls()
+    assert has(calls, "nmcli", "connection", "reload") == reloads
+    if reloads:
+        assert calls.index(["nmcli", "connection", "reload"]) > calls.index(["ip", "-o", "-4", "addr", "show"])
+    node.clear_calls()
+    node.run("network.sh", env)
+    assert not contains(node.calls(), "nmcli")
+
+
+def test_el9_connection_modified_by_uuid(tmp_path):
+    """Two profiles named "System eth1": the one on the device is changed, the other is not."""
+    node, env, _ = prepare_scenario(tmp_path, "el9-current-docker")
+    state = node.state()
+    other = "0c2e1a4b-0000-4000-8000-000000000001"
+    profile = {"connection.id": "System eth1", "ipv6.method": "auto", "ipv6.addresses": "", "ipv6.gateway": ""}
+    state["nm"]["connections"] = {other: dict(profile), NM_UUID: dict(profile)}
+    node.save(state)
+    node.run("network.sh", env)
+    connections = node.state()["nm"]["connections"]
+    assert connections[NM_UUID]["ipv6.method"] == "manual"
+    assert connections[NM_UUID]["ipv6.addresses"] == f"{env['NODE_IPV6']}/64"
+    assert connections[other] == profile
+    assert has(node.calls(), "nmcli", "-g", "ipv6.method,ipv6.addresses,ipv6.gateway", "connection", "show", NM_UUID)
+    node.clear_calls()
+    node.run("network.sh", env)
+    assert changing(node.calls()) == []

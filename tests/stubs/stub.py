@@ -5,7 +5,9 @@ The test links this file under each command's name (dnf, systemctl, ip, ...) int
 directory placed first on PATH. Every call appends its argv to ``$DSLAB_ROOT/.stub/calls.log``
 (one JSON list per line) and acts on a fake system state kept in
 ``$DSLAB_ROOT/.stub/state.json`` and in files below ``$DSLAB_ROOT`` (``/proc/modules``,
-``/proc/swaps``, ``/etc/hostname``...). ``state["fail"]`` lists command-line prefixes that exit 1.
+``/proc/swaps``, ``/etc/hostname``...). ``state["fail"]`` lists command-line prefixes that exit 1;
+``state["unavailable"]`` lists package names no repository has (yum skips them and exits 0 unless
+told otherwise, or always with ``state["yum_ignores_setopt"]``; dnf and apt-get fail).
 """
 
 from __future__ import annotations
@@ -31,7 +33,11 @@ PROVIDES = {
     "kubelet": ["kubelet"],
     "kubeadm": ["kubeadm"],
     "kubectl": ["kubectl"],
+    "curl": ["curl"],
+    "curl-minimal": ["curl"],
 }
+#: Installed package -> packages it conflicts with (EL9: curl-minimal and curl).
+CONFLICTS = {"curl-minimal": ["curl"], "curl": ["curl-minimal"]}
 #: systemd services each package brings (disabled and inactive after install).
 SERVICES = {"docker-ce": ["docker"], "docker.io": ["docker"], "containerd.io": ["containerd"],
             "containerd": ["containerd"], "kubelet": ["kubelet"]}
@@ -60,15 +66,21 @@ def unit(name):
     return name[:-8] if name.endswith(".service") else name
 
 
+def rpm_split(spec):
+    """``name[-version[-release]]`` -> (name, "version[-release]" or "")."""
+    for i, char in enumerate(spec):
+        if char == "-" and spec[i + 1:i + 2].isdigit():
+            return spec[:i], spec[i + 1:]
+    return spec, ""
+
+
 def install(state, spec, family):
     if family == "debian":
         name, _, version = spec.partition("=")
         version = version.replace("*", "1.1") if version else "1.0-1"
     else:
-        name, version = spec, "1.0"
-        head, _, tail = spec.rpartition("-")
-        if head and tail[:1].isdigit():
-            name, version = head, tail
+        name, version = rpm_split(spec)
+        version = version or "1.0"
     state["packages"][name] = version
     for command in PROVIDES.get(name, []):
         link = STUB_BIN / command
@@ -76,6 +88,17 @@ def install(state, spec, family):
             link.symlink_to(Path(__file__).resolve())
     for service in SERVICES.get(name, []):
         state["services"].setdefault(service, {"enabled": False, "active": False, "masked": False})
+
+
+def rpm_matches(state, spec):
+    """What ``rpm -q SPEC`` matches: NAME, NAME-VERSION or NAME-VERSION-RELEASE."""
+    if spec in state["packages"]:
+        return spec
+    name, version = rpm_split(spec)
+    have = state["packages"].get(name)
+    if have is not None and (have == version or have.startswith(version + "-")):
+        return name
+    return None
 
 
 def service(state, name):
@@ -105,14 +128,37 @@ def locked_main(argv):
     return rc or 0
 
 
+def _rpm_install(state, args, manager):
+    specs = [a for a in args[args.index("install") + 1:] if not a.startswith("-")]
+    for spec in specs:
+        name, _ = rpm_split(spec)
+        for installed, conflicts in CONFLICTS.items():
+            if installed in state["packages"] and name in conflicts:
+                sys.stderr.write(f"Error: package {spec} conflicts with {installed} provided by {installed}\n"
+                                 "(try to add '--allowerasing' to command line to replace conflicting packages)\n")
+                return 1
+    missing = [s for s in specs if rpm_split(s)[0] in state.get("unavailable", [])]
+    strict = manager == "dnf" or ("--setopt=skip_missing_names_on_install=False" in args
+                                  and not state.get("yum_ignores_setopt"))
+    for spec in missing:
+        sys.stderr.write(f"No package {spec} available.\n")
+    if missing and strict:
+        sys.stderr.write(f"Error: Unable to find a match: {' '.join(missing)}\n")
+        return 1
+    for spec in specs:
+        if spec not in missing:
+            install(state, spec, "el")
+    return 0
+
+
 def cmd_dnf(state, args):
     if "install" in args:
-        for spec in args[args.index("install") + 1:]:
-            if not spec.startswith("-"):
-                install(state, spec, "el")
+        return _rpm_install(state, args, "dnf")
 
 
-cmd_yum = cmd_dnf
+def cmd_yum(state, args):
+    if "install" in args:
+        return _rpm_install(state, args, "yum")
 
 
 def cmd_apt_get(state, args):
@@ -120,9 +166,13 @@ def cmd_apt_get(state, args):
         sys.stderr.write("apt-get stub: DEBIAN_FRONTEND=noninteractive is required\n")
         return 3
     if "install" in args:
-        for spec in args[args.index("install") + 1:]:
-            if not spec.startswith("-"):
-                install(state, spec, "debian")
+        specs = [a for a in args[args.index("install") + 1:] if not a.startswith("-")]
+        missing = [s for s in specs if s.partition("=")[0] in state.get("unavailable", [])]
+        if missing:
+            sys.stderr.write(f"E: Unable to locate package {missing[0]}\n")
+            return 100
+        for spec in specs:
+            install(state, spec, "debian")
 
 
 def cmd_apt_mark(state, args):
@@ -134,13 +184,16 @@ def cmd_apt_mark(state, args):
 
 
 def cmd_rpm(state, args):
-    name = args[-1]
-    if name not in state["packages"]:
+    spec = args[-1]
+    name = rpm_matches(state, spec)
+    if name is None:
         if "--quiet" not in args:
-            print(f"package {name} is not installed")
+            print(f"package {spec} is not installed")
         return 1
     if "--qf" in args:
-        sys.stdout.write(state["packages"][name])
+        fmt = args[args.index("--qf") + 1]
+        version, _, release = state["packages"][name].partition("-")
+        sys.stdout.write(fmt.replace("%{VERSION}", version).replace("%{RELEASE}", release))
     return 0
 
 
@@ -259,20 +312,30 @@ def cmd_ip(state, args):
         return 2
 
 
+def _nm_connection(nm, ref):
+    """A connection by UUID or by ID (as nmcli resolves it)."""
+    if ref in nm["connections"]:
+        return nm["connections"][ref]
+    return next(c for c in nm["connections"].values() if c.get("connection.id") == ref)
+
+
 def cmd_nmcli(state, args):
     nm = state["nm"]
-    if args[:2] == ["-g", "GENERAL.CONNECTION"] and args[2:4] == ["device", "show"]:
-        print(nm["devices"].get(args[4], ""))
+    if args[:1] == ["-g"] and args[2:4] == ["device", "show"]:
+        uuid = nm["devices"].get(args[4], "")
+        value = {"GENERAL.CON-UUID": uuid,
+                 "GENERAL.CONNECTION": nm["connections"].get(uuid, {}).get("connection.id", "")}[args[1]]
+        print(value)
     elif args[0] == "-g" and args[2:4] == ["connection", "show"]:
-        conn = nm["connections"][args[4]]
+        conn = _nm_connection(nm, args[4])
         for key in args[1].split(","):
             print(conn.get(key, "").replace(":", "\\:"))
     elif args[:2] == ["connection", "modify"]:
-        conn = nm["connections"][args[2]]
+        conn = _nm_connection(nm, args[2])
         rest = args[3:]
         for key, value in zip(rest[::2], rest[1::2]):
             conn[key] = value
-    elif args[:2] == ["device", "reapply"]:
+    elif args[:2] in (["device", "reapply"], ["connection", "reload"]):
         pass
     else:
         sys.stderr.write(f"nmcli stub: unsupported {args}\n")
