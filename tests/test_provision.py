@@ -503,6 +503,8 @@ def test_full_run_then_idempotent_rerun(tmp_path, scenario):
         assert has(calls, "systemctl", "enable", "cri-docker.socket")
         assert has(calls, "systemctl", "enable", "cri-docker.service")
 
+    assert installed_packages(calls) <= sourced_packages(family)
+
     # second run: nothing changes
     before = node.snapshot()
     node.clear_calls()
@@ -999,3 +1001,54 @@ def test_el9_connection_modified_by_uuid(tmp_path):
     node.clear_calls()
     node.run("network.sh", env)
     assert changing(node.calls()) == []
+
+
+# --------------------------------------------------------------------------- package names
+
+
+def sourced_packages(family: str) -> set:
+    """The package names provision/PACKAGES.md records as seen for ``family``."""
+    rows = set()
+    for line in (PROVISION / "PACKAGES.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == 3 and cells[1] in ("el7", "el9", "debian"):
+            assert cells[2], f"no source recorded for {cells[0]} on {cells[1]}"
+            rows.add((cells[0], cells[1]))
+    return {name for name, os_ in rows if os_ == family}
+
+
+def installed_packages(calls) -> set:
+    """Package names (versions dropped) of every install call of yum, dnf and apt-get."""
+    names = set()
+    for call in calls:
+        if call[0] in ("yum", "dnf", "apt-get") and "install" in call:
+            for spec in call[call.index("install") + 1:]:
+                if spec.startswith("-"):
+                    continue
+                if call[0] == "apt-get":
+                    names.add(spec.partition("=")[0])
+                else:
+                    names.add(next((spec[:i] for i, c in enumerate(spec)
+                                    if c == "-" and spec[i + 1:i + 2].isdigit()), spec))
+    return names
+
+
+def test_installed_packages_are_sourced(tmp_path):
+    """Each scenario on a bare box (no curl command, Debian without docker.io) installs the most;
+    what they install is exactly the table's rows for their OS."""
+    used = {"el7": set(), "el9": set(), "debian": set()}
+    for scenario, (family, _, _, _) in SCENARIOS.items():
+        node, env, _ = prepare_scenario(tmp_path / scenario, scenario)
+        without_curl(node)
+        if family == "debian":
+            state = node.state()
+            state["packages"].pop("docker.io")
+            node.save(state)
+            for command in ("dockerd", "docker"):
+                (node.stub / "bin" / command).unlink()
+        run_all(node, env)
+        installed = installed_packages(node.calls())
+        assert installed <= sourced_packages(family), f"{scenario}: not in provision/PACKAGES.md"
+        used[family] |= installed
+    for family, names in used.items():
+        assert names == sourced_packages(family), f"{family}: rows no scenario installs"
