@@ -32,6 +32,9 @@ FETCH = nodeenv.FETCH
 ADMIN_CONF = "/etc/kubernetes/admin.conf"
 CA_CERT = "/etc/kubernetes/pki/ca.crt"
 KUBECONFIG_MODE = 0o600
+#: Exit 0 when join.sh will run ``kubeadm join`` on the node, 1 when it has joined (join.sh's rule).
+JOIN_PENDING = (f"! test -e {nodeenv.JOIN_DONE} && ! {{ test -f /etc/kubernetes/kubelet.conf && "
+                "! test -e /etc/kubernetes/bootstrap-kubelet.conf; }")
 _clock = time.monotonic
 _sleep = time.sleep
 
@@ -74,6 +77,15 @@ def control_plane(ctx: Context) -> None:
     digest = hashlib.sha256(config.encode()).hexdigest()
     applied = ctx.state.get("kubeadm_applied")
     initialised = ctx.runner.run(node.name, ["test", "-e", nodeenv.INIT_DONE], check=False).ok
+    if not initialised and applied is not None and ctx.runner.run(node.name, ["test", "-e", ADMIN_CONF],
+                                                                  check=False).ok:
+        # Initialised by a version of the lab that kept no marker on the node: its state records
+        # that control-plane.sh succeeded (kubeadm_applied is set only then).
+        ctx.runner.run(node.name, f"mkdir -p {shlex.quote(os.path.dirname(nodeenv.INIT_DONE))} && "
+                                  f"date -u +%Y-%m-%dT%H:%M:%SZ > {shlex.quote(nodeenv.INIT_DONE)}")
+        initialised = True
+    if not initialised:
+        ctx.state.delete("kubeadm_applied")  # of a cluster gone with its machines, or never completed
     if initialised and applied not in (None, digest):
         raise StepError("control-plane", "the kubeadm configuration changed after `kubeadm init` (subnets, "
                         "addresses or versions cannot change on a running cluster); run `invoke lab.destroy`, "
@@ -140,10 +152,15 @@ def join(ctx: Context) -> None:
     token = ensure_token(ctx)
 
     def join_one(node: Node) -> None:
-        if not ctx.runner.run(node.name, ["test", "-e", nodeenv.JOIN_DONE], check=False).ok:
-            # Joined again (after a failed join): an earlier registration under this name would
-            # make kubeadm refuse ("a Node with name ... already exists").
+        # join.sh will (re)join exactly when there is no marker and no join past its TLS bootstrap;
+        # then an earlier registration under this name would make kubeadm refuse ("a Node with
+        # name ... already exists"). Any other answer (ssh failed) deletes nothing.
+        pending = ctx.runner.run(node.name, JOIN_PENDING, check=False)
+        if pending.returncode == 0:
             ctx.kubectl(["delete", "node", node.name, "--ignore-not-found"])
+        elif pending.returncode != 1:
+            raise StepError("join", f"{node.name}: cannot tell whether it has joined (exit {pending.returncode}: "
+                            f"{(pending.stderr or pending.stdout).strip()[-200:]})", ctx.log_path)
         upload_inputs(ctx, node)
         ctx.runner.put_text(node.name, kubeadm.render_join(ctx.cfg, node, token, ca_hash), REMOTE_JOIN, "0600")
         ctx.runner.run(node.name, ["bash", f"{REMOTE_DIR}/provision/join.sh", REMOTE_ENV])

@@ -7,9 +7,9 @@
 # Done means INIT_DONE, written only after `kubeadm init` exited 0. admin.conf alone means
 # nothing: kubeadm writes it in its kubeconfig phase, before wait-control-plane,
 # upload-config, bootstrap-token and addon, so an init that timed out leaves it behind.
-# Such a half-done node is reset (kubeadm reset, CNI config removed) and initialised again.
-# A node initialised before the marker existed is recognised by what only the last phases
-# create (the cluster-info ConfigMap of bootstrap-token, the kube-proxy DaemonSet of addon).
+# Such a half-done node is reset (kubeadm reset, CNI config and etcd data removed) and
+# initialised again. (A node the lab initialised before the marker existed gets its marker
+# from the lab, which recorded that init's success.)
 #
 # Reads: KUBEADM_CONFIG (default /opt/dslab/kubeadm-config.yaml), CRI_SOCKET
 set -euo pipefail
@@ -23,22 +23,15 @@ ADMIN_CONF=/etc/kubernetes/admin.conf
 init_traces() {
   local f
   for f in "$ADMIN_CONF" /etc/kubernetes/pki/ca.crt /etc/kubernetes/manifests/kube-apiserver.yaml \
-    /etc/kubernetes/manifests/etcd.yaml /var/lib/etcd/member; do
+    /etc/kubernetes/manifests/etcd.yaml /var/lib/etcd/member /var/lib/kubelet/config.yaml; do
     [[ -e $DSLAB_ROOT$f ]] && return 0
   done
   return 1
 }
 
-# An init that completed before INIT_DONE was written by this script's earlier versions.
-init_completed_earlier() {
-  [[ -f $DSLAB_ROOT$ADMIN_CONF ]] || return 1
-  kubectl --kubeconfig "$ADMIN_CONF" --request-timeout=20s -n kube-public get configmap cluster-info -o name >/dev/null 2>&1 &&
-    kubectl --kubeconfig "$ADMIN_CONF" --request-timeout=20s -n kube-system get daemonset kube-proxy -o name >/dev/null 2>&1
-}
-
 main() {
   load_env "${1:-}"
-  local config=${KUBEADM_CONFIG:-/opt/dslab/kubeadm-config.yaml}
+  local config=${KUBEADM_CONFIG:-/opt/dslab/kubeadm-config.yaml} f
   step "kubeadm init"
   if [[ -f $DSLAB_ROOT$INIT_DONE ]]; then
     log "already initialised ($INIT_DONE)"
@@ -46,12 +39,12 @@ main() {
   fi
   [[ -f $DSLAB_ROOT$config ]] || die "kubeadm configuration $config not found (upload it first)"
   if init_traces; then
-    if init_completed_earlier; then
-      log "initialised earlier (cluster-info and kube-proxy exist); recording it"
-      mark_done "$INIT_DONE"
-      return 0
-    fi
     kubeadm_reset "an earlier kubeadm init did not complete"
+    # kubeadm 1.17's reset empties the etcd data directory only when etcd.yaml is still there.
+    for f in "$DSLAB_ROOT"/var/lib/etcd/*; do
+      [[ -e $f ]] || continue
+      run rm -rf "$f"
+    done
   fi
   step "kubeadm images pull"
   run kubeadm config images pull --config "$config"

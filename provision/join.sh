@@ -6,6 +6,9 @@
 # leaves pki/ca.crt, bootstrap-kubelet.conf or kubelet.conf behind, on which a second join
 # fails its preflight (FileAvailable, Port-10250): such a node is reset first (kubeadm
 # reset, CNI config removed). The lab deletes the Node object of a worker it joins again.
+# kubelet.conf without bootstrap-kubelet.conf is a join that got past its TLS bootstrap (kubeadm
+# removes the bootstrap file once the kubelet has its own credentials): done, before this
+# marker existed.
 #
 # Reads: KUBEADM_JOIN_CONFIG (default /opt/dslab/kubeadm-join.yaml), CRI_SOCKET
 set -euo pipefail
@@ -24,6 +27,10 @@ join_traces() {
   return 1
 }
 
+joined_earlier() {
+  [[ -f $DSLAB_ROOT/etc/kubernetes/kubelet.conf && ! -e $DSLAB_ROOT/etc/kubernetes/bootstrap-kubelet.conf ]]
+}
+
 main() {
   load_env "${1:-}"
   local config=${KUBEADM_JOIN_CONFIG:-/opt/dslab/kubeadm-join.yaml}
@@ -33,6 +40,11 @@ main() {
     return 0
   fi
   [[ -f $DSLAB_ROOT$config ]] || die "kubeadm join configuration $config not found (upload it first)"
+  if joined_earlier; then
+    log "joined earlier (kubelet.conf, no bootstrap-kubelet.conf); recording it"
+    mark_done "$JOIN_DONE"
+    return 0
+  fi
   if join_traces; then
     kubeadm_reset "an earlier kubeadm join did not complete"
   fi

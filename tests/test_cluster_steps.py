@@ -214,10 +214,9 @@ def test_join_deletes_a_stale_node_object_only_before_joining_again(tmp_path, cl
     original = runner.run
 
     def run(node, command, **kw):
-        argv = list(command)
-        if argv == ["test", "-e", nodeenv.JOIN_DONE]:
-            runner.calls.append((node, argv))
-            return Result(0 if node in joined else 1)
+        if command == cluster.JOIN_PENDING:
+            runner.calls.append((node, [command]))
+            return Result(1 if node in joined else 0)
         return original(node, command, **kw)
     runner.run = run
     ctx = context(tmp_path, runner)
@@ -235,6 +234,7 @@ def test_changed_kubeadm_config_refused_only_after_a_completed_init(tmp_path):
     def runner_for(done):
         return FakeNodes([
             (lambda w: w == ["test", "-e", nodeenv.INIT_DONE], Result(0 if done else 1)),
+            (lambda w: w == ["test", "-e", cluster.ADMIN_CONF], Result(1)),
             (lambda w: w[:1] == ["cat"], Result(1, "", "stop here")),
         ])
     ctx = context(tmp_path, runner_for(True))
@@ -290,3 +290,58 @@ def test_calico_331_manifest_is_fetched_as_it_is(tmp_path):
     assert [a for _n, a in runner.calls if a[:2] == ["bash", nodeenv.FETCH]] == [
         ["bash", nodeenv.FETCH, pin.url, pin.sha256, cluster.REMOTE_CALICO_UPSTREAM]]
     assert not any("load-images.sh" in " ".join(map(str, a)) for _n, a in runner.calls)
+
+
+def test_join_deletes_nothing_when_the_node_cannot_be_asked(tmp_path, clock):
+    runner = FakeNodes([(lambda w: w == [cluster.JOIN_PENDING], Result(255, "", "ssh: connect to host: timed out"))])
+    ctx = context(tmp_path, runner)
+    ctx.state.set("ca_cert_hash", "sha256:" + "a" * 64)
+    with pytest.raises(StepError) as err:
+        cluster.join(ctx)
+    assert "cannot tell whether it has joined (exit 255" in err.value.reason
+    assert not any(a[3:5] == ["delete", "node"] for _n, a in runner.calls)
+
+
+@pytest.mark.parametrize("marker, admin, applied, adopted", [
+    (False, True, "digest", True),    # initialised by a lab version without markers
+    (False, True, None, False),       # admin.conf of a half-done init: control-plane.sh resets
+    (False, False, "digest", False),  # new machines
+    (True, True, "digest", False),    # marked already
+])
+def test_an_init_the_lab_recorded_gets_its_marker(tmp_path, marker, admin, applied, adopted):
+    from lab import kubeadm
+    from lab.render import bootstrap_token
+    runner = FakeNodes([
+        (lambda w: w == ["test", "-e", nodeenv.INIT_DONE], Result(0 if marker else 1)),
+        (lambda w: w == ["test", "-e", cluster.ADMIN_CONF], Result(0 if admin else 1)),
+        (lambda w: w[:1] == ["cat"], Result(1, "", "stop here")),
+    ])
+    ctx = context(tmp_path, runner)
+    if applied:
+        import hashlib
+        config = kubeadm.render_init(ctx.cfg, bootstrap_token(ctx.state))
+        ctx.state.set("kubeadm_applied", hashlib.sha256(config.encode()).hexdigest())
+    with pytest.raises(StepError):
+        cluster.control_plane(ctx)
+    wrote = [a for _n, a in runner.calls if a and isinstance(a[0], str) and nodeenv.INIT_DONE in a[0] and "date" in a[0]]
+    assert bool(wrote) == adopted
+
+
+def test_a_recorded_init_of_machines_that_are_gone_is_forgotten_before_init(tmp_path):
+    """New machines, then a half-done init: the retry must reset, not adopt the old record."""
+    state = {"admin": False}
+    runner = FakeNodes([
+        (lambda w: w == ["test", "-e", nodeenv.INIT_DONE], Result(1)),
+        (lambda w: w == ["test", "-e", cluster.ADMIN_CONF], lambda w: Result(0 if state["admin"] else 1)),
+        (lambda w: w[:2] == ["bash", f"{nodeenv.REMOTE_DIR}/provision/control-plane.sh"],
+         lambda w: (state.update(admin=True), Result(1, "", "timed out waiting for the condition"))[1]),
+    ])
+    ctx = context(tmp_path, runner)
+    ctx.state.set("kubeadm_applied", "of the machines before")
+    with pytest.raises(StepError):
+        cluster.control_plane(ctx)
+    assert ctx.state.get("kubeadm_applied") is None
+    runner.calls.clear()
+    with pytest.raises(StepError):
+        cluster.control_plane(ctx)
+    assert not any(isinstance(a[0], str) and "date -u" in a[0] for _n, a in runner.calls)  # not adopted

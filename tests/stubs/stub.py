@@ -356,8 +356,7 @@ def cmd_curl(state, args):
 #: join: kubelet-start), and what ``kubeadm reset`` removes again.
 KUBEADM_INIT_FILES = ("etc/kubernetes/pki/ca.crt", "etc/kubernetes/admin.conf",
                       "etc/kubernetes/manifests/kube-apiserver.yaml")
-KUBEADM_JOIN_FILES = ("etc/kubernetes/pki/ca.crt", "etc/kubernetes/bootstrap-kubelet.conf",
-                      "etc/kubernetes/kubelet.conf", "var/lib/kubelet/config.yaml")
+KUBEADM_JOIN_FILES = ("etc/kubernetes/pki/ca.crt", "etc/kubernetes/kubelet.conf", "var/lib/kubelet/config.yaml")
 
 
 def _write_all(paths):
@@ -372,7 +371,7 @@ def cmd_kubeadm(state, args):
     elif args[:1] == ["join"]:
         _write_all(KUBEADM_JOIN_FILES)
     elif args[:1] == ["reset"]:
-        for rel in set(KUBEADM_INIT_FILES + KUBEADM_JOIN_FILES):
+        for rel in {*KUBEADM_INIT_FILES, *KUBEADM_JOIN_FILES, "etc/kubernetes/bootstrap-kubelet.conf"}:
             (ROOT / rel).unlink(missing_ok=True)
 
 
