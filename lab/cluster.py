@@ -32,9 +32,9 @@ FETCH = nodeenv.FETCH
 ADMIN_CONF = "/etc/kubernetes/admin.conf"
 CA_CERT = "/etc/kubernetes/pki/ca.crt"
 KUBECONFIG_MODE = 0o600
-#: Exit 0 when join.sh will run ``kubeadm join`` on the node, 1 when it has joined (join.sh's rule).
-JOIN_PENDING = (f"! test -e {nodeenv.JOIN_DONE} && ! {{ test -f /etc/kubernetes/kubelet.conf && "
-                "! test -e /etc/kubernetes/bootstrap-kubelet.conf; }")
+JOIN_SCRIPT = f"{REMOTE_DIR}/provision/join.sh"
+#: Exit 0 when join.sh will run ``kubeadm join`` on the node, 1 when it has joined.
+JOIN_PENDING = ["bash", JOIN_SCRIPT, "--pending"]
 _clock = time.monotonic
 _sleep = time.sleep
 
@@ -152,18 +152,17 @@ def join(ctx: Context) -> None:
     token = ensure_token(ctx)
 
     def join_one(node: Node) -> None:
-        # join.sh will (re)join exactly when there is no marker and no join past its TLS bootstrap;
-        # then an earlier registration under this name would make kubeadm refuse ("a Node with
-        # name ... already exists"). Any other answer (ssh failed) deletes nothing.
+        upload_inputs(ctx, node)
+        # When join.sh will (re)join, an earlier registration under this name would make kubeadm
+        # refuse ("a Node with name ... already exists"). Any other answer (ssh failed) deletes nothing.
         pending = ctx.runner.run(node.name, JOIN_PENDING, check=False)
         if pending.returncode == 0:
             ctx.kubectl(["delete", "node", node.name, "--ignore-not-found"])
         elif pending.returncode != 1:
             raise StepError("join", f"{node.name}: cannot tell whether it has joined (exit {pending.returncode}: "
                             f"{(pending.stderr or pending.stdout).strip()[-200:]})", ctx.log_path)
-        upload_inputs(ctx, node)
         ctx.runner.put_text(node.name, kubeadm.render_join(ctx.cfg, node, token, ca_hash), REMOTE_JOIN, "0600")
-        ctx.runner.run(node.name, ["bash", f"{REMOTE_DIR}/provision/join.sh", REMOTE_ENV])
+        ctx.runner.run(node.name, ["bash", JOIN_SCRIPT, REMOTE_ENV])
 
     on_nodes(ctx.cfg.workers, join_one)
     deadline = _clock() + ctx.cfg.ready_timeout

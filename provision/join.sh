@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # join.sh [ENV_FILE]: kubeadm join on a worker node, once.
+# join.sh --pending: exit 0 when a run would (re)join the node, 1 when it has joined.
 #
 # The join configuration is rendered by the lab and uploaded to KUBEADM_JOIN_CONFIG first.
 # Done means JOIN_DONE, written only after `kubeadm join` exited 0. A join that failed
@@ -31,20 +32,21 @@ joined_earlier() {
   [[ -f $DSLAB_ROOT/etc/kubernetes/kubelet.conf && ! -e $DSLAB_ROOT/etc/kubernetes/bootstrap-kubelet.conf ]]
 }
 
+# The node has joined: the marker, or a join that got past its TLS bootstrap before the marker existed.
+joined() {
+  [[ -f $DSLAB_ROOT$JOIN_DONE ]] || joined_earlier
+}
+
 main() {
   load_env "${1:-}"
   local config=${KUBEADM_JOIN_CONFIG:-/opt/dslab/kubeadm-join.yaml}
   step "kubeadm join"
-  if [[ -f $DSLAB_ROOT$JOIN_DONE ]]; then
+  if joined; then
+    [[ -f $DSLAB_ROOT$JOIN_DONE ]] || mark_done "$JOIN_DONE"
     log "already joined ($JOIN_DONE)"
     return 0
   fi
   [[ -f $DSLAB_ROOT$config ]] || die "kubeadm join configuration $config not found (upload it first)"
-  if joined_earlier; then
-    log "joined earlier (kubelet.conf, no bootstrap-kubelet.conf); recording it"
-    mark_done "$JOIN_DONE"
-    return 0
-  fi
   if join_traces; then
     kubeadm_reset "an earlier kubeadm join did not complete"
   fi
@@ -55,4 +57,7 @@ main() {
   log "node joined"
 }
 
+if [[ ${1:-} == --pending ]]; then
+  if joined; then exit 1; else exit 0; fi
+fi
 main "$@"

@@ -214,8 +214,8 @@ def test_join_deletes_a_stale_node_object_only_before_joining_again(tmp_path, cl
     original = runner.run
 
     def run(node, command, **kw):
-        if command == cluster.JOIN_PENDING:
-            runner.calls.append((node, [command]))
+        if list(command) == cluster.JOIN_PENDING:
+            runner.calls.append((node, list(command)))
             return Result(1 if node in joined else 0)
         return original(node, command, **kw)
     runner.run = run
@@ -226,7 +226,7 @@ def test_join_deletes_a_stale_node_object_only_before_joining_again(tmp_path, cl
     assert sorted(deleted) == sorted({"k8s-worker01", "k8s-worker02"} - joined)
     for name in deleted:
         delete = next(i for i, (_n, a) in enumerate(runner.calls) if a[3:5] == ["delete", "node"] and a[5] == name)
-        join = next(i for i, (n, a) in enumerate(runner.calls) if n == name and a[1:2] == [f"{nodeenv.REMOTE_DIR}/provision/join.sh"])
+        join = next(i for i, (n, a) in enumerate(runner.calls) if n == name and a == ["bash", cluster.JOIN_SCRIPT, nodeenv.ENV_FILE])
         assert delete < join
 
 
@@ -293,7 +293,7 @@ def test_calico_331_manifest_is_fetched_as_it_is(tmp_path):
 
 
 def test_join_deletes_nothing_when_the_node_cannot_be_asked(tmp_path, clock):
-    runner = FakeNodes([(lambda w: w == [cluster.JOIN_PENDING], Result(255, "", "ssh: connect to host: timed out"))])
+    runner = FakeNodes([(lambda w: w == cluster.JOIN_PENDING, Result(255, "", "ssh: connect to host: timed out"))])
     ctx = context(tmp_path, runner)
     ctx.state.set("ca_cert_hash", "sha256:" + "a" * 64)
     with pytest.raises(StepError) as err:

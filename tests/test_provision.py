@@ -716,6 +716,20 @@ def test_failed_join_is_reset_and_retried(tmp_path):
     assert node.root.joinpath("var/lib/dslab/kubeadm-join.done").is_file()
 
 
+def test_join_pending_answers_as_a_run_would_act(tmp_path):
+    node, env = kubeadm_node(tmp_path, "k8s-worker01")
+    assert node.run("join.sh", env, "--pending", check=False).returncode == 0  # fresh: would join
+    node.write("etc/kubernetes/pki/ca.crt", "left by a failed join\n")
+    assert node.run("join.sh", env, "--pending", check=False).returncode == 0  # partial: would reset and join
+    node.run("join.sh", env)
+    result = node.run("join.sh", env, "--pending", check=False)
+    assert result.returncode == 1 and result.stderr == ""  # joined
+    node.root.joinpath("var/lib/dslab/kubeadm-join.done").unlink()
+    node.clear_calls()
+    assert node.run("join.sh", env, "--pending", check=False).returncode == 1  # past its TLS bootstrap
+    assert node.calls() == [] and not node.root.joinpath("var/lib/dslab/kubeadm-join.done").exists()  # only asks
+
+
 def test_done_markers_are_where_the_lab_looks():
     from lab import nodeenv
     assert f"INIT_DONE={nodeenv.INIT_DONE}\n" in (PROVISION / "control-plane.sh").read_text()
