@@ -12,14 +12,15 @@ import os
 import shlex
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Set
 
 from . import calico, kubeadm, nodeenv, waits
 from .config import Node
 from .context import Context
 from .errors import StepError
-from .render import PROVISION_DIR, bootstrap_token
+from .render import JOIN_TOKEN_KEY, PROVISION_DIR, bootstrap_token, join_token
 
 REMOTE_DIR = nodeenv.REMOTE_DIR
 REMOTE_ENV = nodeenv.ENV_FILE
@@ -37,6 +38,7 @@ JOIN_SCRIPT = f"{REMOTE_DIR}/provision/join.sh"
 JOIN_PENDING = ["bash", JOIN_SCRIPT, "--pending"]
 _clock = time.monotonic
 _sleep = time.sleep
+_now = lambda: datetime.now(timezone.utc)  # noqa: E731 - replaced by tests
 
 
 def on_nodes(nodes: Iterable[Node], action: Callable[[Node], None]) -> None:
@@ -134,13 +136,48 @@ def cni(ctx: Context) -> None:
     waits.wait_rollout(ctx, "kube-system", "daemonset/calico-node", ctx.cfg.ready_timeout, step="cni")
 
 
+#: A token with less time left than this is not used for a join: the join could outlast it.
+TOKEN_MIN_LEFT_S = 15 * 60
+
+
+def usable_tokens(listing: str, now: datetime) -> Set[str]:
+    """The tokens of ``kubeadm token list`` (its text table) valid for at least :data:`TOKEN_MIN_LEFT_S`.
+
+    Every kubeadm from 1.17 on prints ``TOKEN TTL EXPIRES USAGES DESCRIPTION EXTRA GROUPS``:
+    EXPIRES in RFC 3339 or ``<never>``, TTL ``<invalid>`` once expired (an expired token is
+    listed until kube-controller-manager's tokencleaner deletes it).
+    """
+    usable = set()
+    for line in listing.splitlines():
+        words = line.split()
+        if len(words) < 3 or not kubeadm.TOKEN_RE.match(words[0]) or words[1] == "<invalid>":
+            continue
+        if words[2] == "<never>":
+            usable.add(words[0])
+            continue
+        try:
+            expires = datetime.fromisoformat(words[2].replace("Z", "+00:00"))
+        except ValueError:
+            continue
+        if expires.tzinfo is not None and (expires - now).total_seconds() >= TOKEN_MIN_LEFT_S:
+            usable.add(words[0])
+    return usable
+
+
 def ensure_token(ctx: Context) -> str:
-    """The bootstrap token, re-created on the control plane if it expired."""
-    token = bootstrap_token(ctx.state)
-    listed = ctx.runner.run(ctx.cfg.control_plane.name, ["kubeadm", "token", "list", "-o", "jsonpath={.token}{\"\\n\"}"],
-                            check=False).stdout
-    if token not in listed.split():
-        ctx.runner.run(ctx.cfg.control_plane.name, ["kubeadm", "token", "create", token, "--ttl", kubeadm.TOKEN_TTL])
+    """A bootstrap token valid for this join: the recorded one while the cluster lists it with time
+    left, else a fresh one, created on the control plane and recorded as the lab's join token.
+
+    Neither the list nor the creation is logged: both handle the token.
+    """
+    node = ctx.cfg.control_plane.name
+    token = join_token(ctx.state)
+    listed = ctx.runner.run(node, ["kubeadm", "token", "list"], check=False, secret=True)
+    if kubeadm.TOKEN_RE.match(token) and token in usable_tokens(listed.stdout, _now()):
+        return token
+    token = kubeadm.new_token()
+    ctx.runner.run(node, ["kubeadm", "token", "create", token, "--ttl", kubeadm.TOKEN_TTL], secret=True)
+    ctx.state.set(JOIN_TOKEN_KEY, token)
     return token
 
 
@@ -177,7 +214,7 @@ def kubeconfig_path(ctx: Context) -> Path:
 
 def fetch_kubeconfig(ctx: Context) -> None:
     """Copy the admin kubeconfig to the state directory, mode 0600."""
-    text = ctx.runner.run(ctx.cfg.control_plane.name, ["cat", ADMIN_CONF]).stdout
+    text = ctx.runner.run(ctx.cfg.control_plane.name, ["cat", ADMIN_CONF], secret=True).stdout
     path = kubeconfig_path(ctx)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, KUBECONFIG_MODE)

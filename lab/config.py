@@ -12,7 +12,9 @@ import difflib
 import hashlib
 import ipaddress
 import json
+import os
 import re
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Tuple
@@ -94,13 +96,62 @@ PROXY_MODES = ("ipvs", "nftables")
 NAME_MAX = 20
 MEMORY_MIN_MB = 512
 CPUS_MAX = 64
+#: 20 workers (21 nodes): the node MAC's last octet is the node's index (at most 255), and
+#: the derived plan puts workers at .21 up; 20 of them end at .40, well clear of the default
+#: DHCP range (.100) and inside the smallest accepted network for explicit node lists.
 WORKERS_MAX = 20
+NODES_MAX = WORKERS_MAX + 1
 CONTROL_PLANE_HOST = 11
 FIRST_WORKER_HOST = 21
-#: qemu URIs (local or remote, with optional query) and the test driver's.
-LIBVIRT_URI = re.compile(r"^(qemu(\+[a-z]+)?://[^\s/]*/(system|session)(\?\S*)?|test://\S+)$")
-DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-DNS_NAME = re.compile(r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+#: Every value is checked with a full match (``re.fullmatch``): ``$`` would accept a
+#: trailing newline.
+DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+DNS_NAME = re.compile(r"([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+DNS_NAME_MAX = 253
+#: libvirt connection URIs: qemu over the local socket or a transport that runs no command
+#: of the user's choosing (``ext`` runs ``?command=``; ``ssh``'s ``netcat``/``proxy``
+#: parameters and a shell-active host or user name reach a shell through vagrant-libvirt's
+#: ssh ProxyCommand). Host names, user names and query values are restricted to plain
+#: characters; the test driver takes only an absolute path.
+_URI_HOST = r"([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])"
+LIBVIRT_URI = re.compile(
+    r"qemu(\+(ssh|libssh|libssh2|tls|tcp|unix))?://"
+    r"(([A-Za-z0-9._-]{1,64})@)?(" + _URI_HOST + r"(:[0-9]{1,5})?)?"
+    r"/(system|session)"
+    r"(\?(keyfile|known_hosts|known_hosts_verify|no_verify|no_tty|pkipath|sshauth|mode)=[A-Za-z0-9._/~,+-]*"
+    r"(&(keyfile|known_hosts|known_hosts_verify|no_verify|no_tty|pkipath|sshauth|mode)=[A-Za-z0-9._/~,+-]*)*)?"
+    r"|test:///[A-Za-z0-9._/-]*"
+)
+#: Vagrant box names: ``name`` or ``org/name``.
+BOX_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}(/[A-Za-z0-9][A-Za-z0-9._-]{0,99})?")
+#: Box URLs: https, or an explicit local ``file:///`` path; only URL characters (RFC 3986),
+#: so no space, quote, backtick, brace or backslash.
+BOX_URL = re.compile(r"(https://[A-Za-z0-9.-]+(:[0-9]{1,5})?|file://)/[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=%-]*")
+#: libvirt storage pool names the lab accepts.
+POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+#: Longest text value, and longest list, accepted for any setting.
+TEXT_MAX = 4096
+LIST_MAX = 1000
+#: Settings whose value is text (``None`` allowed only where the default is ``None``).
+TEXT_SETTINGS = ("name", "profile", "box", "box_url", "libvirt_uri", "libvirt_driver", "storage_pool",
+                 "state_dir", "domain", "network_ipv4", "network_ipv6", "dhcp_ipv4_range", "dhcp_ipv6_range",
+                 "docker_ipv6_cidr", "metallb_ipv4_range", "metallb_ipv6_range", "external_ipv4",
+                 "external_ipv6", "runtime", "kube_proxy_mode")
+#: Settings whose text may hold non-ASCII characters (paths); every other value ends up in
+#: Ruby, XML, shell or DNS, where only ASCII belongs.
+NON_ASCII_OK = ("state_dir",)
+#: Address space no lab address or range may touch, with what to call it.
+SPECIAL_NETWORKS = tuple((ipaddress.ip_network(net), what) for net, what in (
+    ("0.0.0.0/8", "the unspecified/'this network' range 0.0.0.0/8"),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local"),
+    ("224.0.0.0/4", "multicast"),
+    ("240.0.0.0/4", "reserved (240.0.0.0/4, broadcast)"),
+    ("::/8", "reserved ::/8 (unspecified, loopback, IPv4-mapped or -compatible)"),
+    ("fe80::/10", "link-local"),
+    ("fec0::/10", "site-local (deprecated)"),
+    ("ff00::/8", "multicast"),
+))
 
 IPNetwork = ipaddress._BaseNetwork  # noqa: SLF001 - the common base of both families
 IPAddress = ipaddress._BaseAddress  # noqa: SLF001
@@ -269,36 +320,150 @@ def load(user: Optional[Mapping] = None, **overrides) -> LabConfig:
     return validate(merged_settings(user, **overrides))
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring = 60
+_REPR.maxother = 60
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 4
+_REPR.maxlevel = 2
+
+
+def shown(value) -> str:
+    """``value`` for a message: one short line, whatever it is (a 5000-digit number included)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"a number of about {int(value.bit_length() * 0.30103) + 1} digits"
+    try:
+        return _REPR.repr(value)
+    except (ValueError, RecursionError):
+        return f"a {type(value).__name__}"
+
+
+def key_text(key) -> str:
+    """A setting's name for a message: printable ASCII as is, anything else quoted."""
+    text = key if isinstance(key, str) else shown(key)
+    if not (text.isascii() and text.isprintable()) or len(text) > 60:
+        text = shown(text)
+    return text
+
+
 class _Problems(list):
+    """One line per problem; a setting already reported as unreadable is not reported again."""
+
+    def __init__(self):
+        super().__init__()
+        self.unreadable = set()
+
     def add(self, key, message):
-        self.append(f"lab.{key}: {message}")
+        base = str(key).split(".")[0].split("[")[0]
+        if key in self.unreadable or base in self.unreadable:
+            return
+        self.append(f"lab.{key_text(key)}: {message}")
+
+    def refuse(self, key, message):
+        """Report ``key`` and keep every later check of it quiet."""
+        self.add(key, message)
+        self.unreadable.add(key)
+
+
+def _text_problem(value, non_ascii_ok=False):
+    """Why the text ``value`` cannot be a setting's value, or None."""
+    if len(value) > TEXT_MAX:
+        return f"is {len(value)} characters long; no setting takes more than {TEXT_MAX}"
+    bad = next((ch for ch in value if ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0), None)
+    if bad is not None:
+        return f"contains the control character {bad!r} (a trailing newline?); remove it"
+    if not non_ascii_ok and not value.isascii():
+        return f"{shown(value)} contains non-ASCII characters; use ASCII only"
+    if not value.isprintable():
+        return "contains unprintable characters; remove them"
+    return None
+
+
+def _check_texts(problems, raw):
+    """Every string anywhere in the settings: bounded, no control characters, ASCII."""
+    def walk(key, value, non_ascii_ok, depth):
+        if depth > 4:
+            problems.refuse(key, "is nested too deeply; give a single value or a list of {name, role, ipv4, ipv6}")
+        elif isinstance(value, str):
+            reason = _text_problem(value, non_ascii_ok)
+            if reason:
+                problems.refuse(key, reason)
+        elif isinstance(value, Mapping):
+            for k, v in value.items():
+                walk(key, v, non_ascii_ok, depth + 1)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                walk(key, v, non_ascii_ok, depth + 1)
+            if len(value) > LIST_MAX:
+                problems.refuse(key, f"is a list of {len(value)} items; no setting takes more than {LIST_MAX}")
+
+    for key, value in raw.items():
+        if isinstance(key, str):
+            walk(key, value, key in NON_ASCII_OK, 0)
+    for key in TEXT_SETTINGS:
+        value = raw.get(key)
+        if value is None and DEFAULTS.get(key) is None:
+            continue
+        if key in ("box", "box_url") and value is None:
+            continue
+        if not isinstance(value, str):
+            problems.refuse(key, f"{shown(value)} is not text; give a single value like {DEFAULTS.get(key) or 'a string'!r}")
 
 
 def _int(problems, raw, key, low, high):
     value = raw.get(key)
-    if isinstance(value, bool):
-        value = None
-    elif isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+    hint = f"set a number from {low} to {high}"
+    if isinstance(value, str) and re.fullmatch(r" *-?[0-9]+ *", value):
+        if len(value.strip().lstrip("-")) > 18:
+            problems.add(key, f"a number of {len(value.strip())} digits is out of range; {hint}")
+            return None
         value = int(value)
-    if not isinstance(value, int):
-        problems.add(key, f"{raw.get(key)!r} is not a whole number; set a number from {low} to {high}")
+    if isinstance(value, bool) or not isinstance(value, int):
+        problems.add(key, f"{shown(raw.get(key))} is not a whole number; {hint}")
         return None
     if not low <= value <= high:
-        problems.add(key, f"{value} is out of range; set a number from {low} to {high}")
+        problems.add(key, f"{shown(value)} is out of range; {hint}")
         return None
     return value
+
+
+def _special(value) -> Optional[str]:
+    """What special address space the address or network ``value`` touches, or None."""
+    net = ipaddress.ip_network(value) if isinstance(value, IPAddress) else value
+    for special, what in SPECIAL_NETWORKS:
+        if special.version == net.version and special.overlaps(net):
+            return what
+    return None
+
+
+def _text(problems, raw, key, hint, what):
+    """The text of ``raw[key]`` for an address parser: no scope id, or None (reported)."""
+    value = raw.get(key)
+    if not isinstance(value, str):
+        problems.add(key, f"{shown(value)} is not a valid {what}; write it like {hint}")
+        return None
+    if "%" in value:
+        problems.add(key, f"{shown(value)} has a scope id ('%...'); lab addresses take none: write it like {hint}")
+        return None
+    return value.strip()
 
 
 def _typed(problems, raw, key, version, hint, parse, what):
     """``raw[key]`` parsed by ``parse`` (an ipaddress constructor) and of IP ``version``."""
     value = raw.get(key)
+    text = _text(problems, raw, key, hint, what)
+    if text is None:
+        return None
     try:
-        parsed = parse(str(value).strip())
+        parsed = parse(text)
     except ValueError:
-        problems.add(key, f"{value!r} is not a valid {what}; write it like {hint}")
+        problems.add(key, f"{shown(value)} is not a valid {what}; write it like {hint}")
         return None
     if parsed.version != version:
-        problems.add(key, f"{value!r} is IPv{parsed.version}, expected an IPv{version} {what} like {hint}")
+        problems.add(key, f"{shown(value)} is IPv{parsed.version}, expected an IPv{version} {what} like {hint}")
+        return None
+    special = _special(parsed)
+    if special:
+        problems.add(key, f"{parsed} is in {special} address space; use an address like {hint}")
         return None
     return parsed
 
@@ -313,42 +478,61 @@ def _address(problems, raw, key, version, hint):
 
 def _range(problems, raw, key, version, hint):
     value = raw.get(key)
-    parts = str(value).split("-")
+    text = _text(problems, raw, key, hint, "address range")
+    if text is None:
+        return None
+    parts = text.split("-")
     try:
         if len(parts) != 2:
             raise ValueError
         first, last = (ipaddress.ip_address(p.strip()) for p in parts)
     except ValueError:
-        problems.add(key, f"{value!r} is not an address range; write it as first-last, like {hint}")
+        problems.add(key, f"{shown(value)} is not an address range; write it as first-last, like {hint}")
         return None
     if first.version != version or last.version != version:
-        problems.add(key, f"{value!r} must be IPv{version} at both ends, like {hint}")
+        problems.add(key, f"{shown(value)} must be IPv{version} at both ends, like {hint}")
         return None
     if first > last:
-        problems.add(key, f"{value!r} ends before it starts; write it as first-last, like {hint}")
+        problems.add(key, f"{shown(value)} ends before it starts; write it as first-last, like {hint}")
         return None
+    for end in (first, last):
+        special = _special(end)
+        if special:
+            problems.add(key, f"{end} is in {special} address space; use a range like {hint}")
+            return None
     return AddressRange(first, last)
 
 
 def _pair(problems, raw, key, hint):
     """A dual-stack pair ``<v4>,<v6>`` (either order in input; returned v4 first)."""
     value = raw.get(key)
-    if isinstance(value, (list, tuple)):
-        parts = [str(v) for v in value]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        parts = list(value)
+    elif isinstance(value, str):
+        parts = value.split(",")
     else:
-        parts = [p for p in str(value).split(",")]
+        problems.add(key, f"{shown(value)} is not a CIDR pair; write it like {hint}")
+        return None
     nets = []
     for part in parts:
+        if "%" in part:
+            problems.add(key, f"{shown(part.strip())} has a scope id ('%...'); write the pair like {hint}")
+            return None
         try:
             nets.append(ipaddress.ip_network(part.strip(), strict=True))
         except ValueError:
-            problems.add(key, f"{part.strip()!r} is not a valid CIDR; write the pair like {hint}")
+            problems.add(key, f"{shown(part.strip())} is not a valid CIDR; write the pair like {hint}")
             return None
     families = sorted(n.version for n in nets)
     if families != [4, 6]:
         have = ", ".join(f"IPv{v}" for v in families) or "nothing"
         problems.add(key, f"needs exactly one IPv4 and one IPv6 CIDR (got {have}); write it like {hint}")
         return None
+    for net in nets:
+        special = _special(net)
+        if special:
+            problems.add(key, f"{net} overlaps {special} address space; write the pair like {hint}")
+            return None
     return tuple(sorted(nets, key=lambda n: n.version))
 
 
@@ -364,9 +548,9 @@ def _nodes(problems, raw, net4, net6, workers):
     given = raw.get("nodes")
     if isinstance(given, str):
         try:
-            given = yaml.safe_load(given)
-        except yaml.YAMLError:
-            problems.add("nodes", "is not valid YAML/JSON; give a list of {name, role, ipv4, ipv6}")
+            given = load_yaml(given, "lab.nodes")
+        except ConfigError as exc:
+            problems.add("nodes", f"is not valid YAML/JSON ({exc.problems[0]}); give a list of {{name, role, ipv4, ipv6}}")
             return ()
     if given is None:
         if net4 is None or net6 is None or workers is None:
@@ -380,24 +564,32 @@ def _nodes(problems, raw, net4, net6, workers):
     if not isinstance(given, list) or not given:
         problems.add("nodes", "must be a non-empty list of {name, role, ipv4, ipv6}")
         return ()
+    if len(given) > NODES_MAX:
+        problems.add("nodes", f"has {len(given)} nodes; the lab takes at most {NODES_MAX} (one control plane, "
+                              f"{WORKERS_MAX} workers)")
+        return ()
     nodes = []
     for i, entry in enumerate(given, start=1):
         key = f"nodes[{i - 1}]"
         if not isinstance(entry, Mapping):
-            problems.add(key, "must be a mapping with name, role, ipv4 and ipv6")
+            problems.add(key, f"{shown(entry)} is not a mapping; give name, role, ipv4 and ipv6")
             continue
-        unknown = sorted(set(entry) - {"name", "role", "ipv4", "ipv6"})
+        unknown = sorted(key_text(k) for k in set(entry) - {"name", "role", "ipv4", "ipv6"})
         if unknown:
             problems.add(key, f"unknown field(s) {', '.join(unknown)}; allowed: name, role, ipv4, ipv6")
-        name = str(entry.get("name", ""))
+        missing = [k for k in ("name", "ipv4", "ipv6") if entry.get(k) is None]
+        if missing:
+            problems.add(key, f"is missing {', '.join(missing)}; give name, role, ipv4 and ipv6")
+            continue
+        name = entry.get("name")
         role = entry.get("role", "worker")
-        if not DNS_LABEL.match(name):
-            problems.add(f"{key}.name", f"{name!r} is not a DNS label; use lowercase letters, digits and '-'")
-        if role not in ROLES:
-            problems.add(f"{key}.role", f"{role!r} is unknown; use one of {', '.join(ROLES)}")
+        if not isinstance(name, str) or not DNS_LABEL.fullmatch(name):
+            problems.add(f"{key}.name", f"{shown(name)} is not a DNS label; use 1-63 lowercase letters, digits and '-'")
+        if not isinstance(role, str) or role not in ROLES:
+            problems.add(f"{key}.role", f"{shown(role)} is unknown; use one of {', '.join(ROLES)}")
         v4 = _address(problems, {key + ".ipv4": entry.get("ipv4")}, key + ".ipv4", 4, "192.168.200.11")
         v6 = _address(problems, {key + ".ipv6": entry.get("ipv6")}, key + ".ipv6", 6, "fd00:db1::11")
-        if v4 is not None and v6 is not None:
+        if v4 is not None and v6 is not None and isinstance(name, str) and isinstance(role, str):
             nodes.append(Node(name, role, v4, v6, _mac(lab, i)))
     roles = [n.role for n in nodes]
     if nodes and roles.count("control-plane") != 1:
@@ -418,35 +610,52 @@ def _reserved(net, address):
 def validate(raw: Mapping[str, Any]) -> LabConfig:
     """Validate merged settings and return a :class:`LabConfig`, or raise with every problem."""
     problems = _Problems()
-    for key in sorted(set(raw) - set(DEFAULTS)):
+    for key in sorted(set(raw) - set(DEFAULTS), key=str):
         close = difflib.get_close_matches(str(key).replace("-", "_"), list(DEFAULTS), n=1, cutoff=0.75)
         hint = f"did you mean lab.{close[0]}?" if close else "remove it; `invoke lab.config` lists the settings"
         problems.add(key, f"unknown setting; {hint}")
+    raw = {k: v for k, v in raw.items() if k in DEFAULTS}
+    _check_texts(problems, raw)
 
-    name = str(raw.get("name"))
-    if not DNS_LABEL.match(name) or len(name) > NAME_MAX or "-" in name[:1]:
-        problems.add("name", f"{name!r} cannot prefix libvirt and DNS names; use 1-{NAME_MAX} lowercase letters, digits or '-'")
+    name = raw.get("name")
+    if not isinstance(name, str) or not DNS_LABEL.fullmatch(name) or len(name) > NAME_MAX:
+        problems.add("name", f"{shown(name)} cannot prefix libvirt and DNS names; use 1-{NAME_MAX} lowercase letters, digits or '-'")
 
-    profile = PROFILES.get(str(raw.get("profile")))
+    profile = PROFILES.get(raw.get("profile")) if isinstance(raw.get("profile"), str) else None
     if profile is None:
-        problems.add("profile", f"{raw.get('profile')!r} is unknown; use one of {', '.join(PROFILES)}")
+        problems.add("profile", f"{shown(raw.get('profile'))} is unknown; use one of {', '.join(PROFILES)}")
 
     driver = raw.get("libvirt_driver")
     if driver not in DRIVERS:
-        problems.add("libvirt_driver", f"{driver!r} is unknown; use 'kvm' or 'qemu' (software emulation)")
-    uri = str(raw.get("libvirt_uri"))
-    if not LIBVIRT_URI.match(uri):
-        problems.add("libvirt_uri", f"{uri!r} is not a libvirt URI; use qemu:///system or qemu+ssh://user@host/system")
-    for key in ("storage_pool", "state_dir"):
-        if not isinstance(raw.get(key), str) or not raw.get(key).strip():
-            problems.add(key, "must be a non-empty string")
-    for key in ("box", "box_url"):
-        if raw.get(key) is not None and not isinstance(raw.get(key), str):
-            problems.add(key, "must be a string")
+        problems.add("libvirt_driver", f"{shown(driver)} is unknown; use 'kvm' or 'qemu' (software emulation)")
+    uri = raw.get("libvirt_uri")
+    if not isinstance(uri, str) or not LIBVIRT_URI.fullmatch(uri):
+        problems.add("libvirt_uri", f"{shown(uri)} is not a libvirt URI the lab accepts; use qemu:///system or "
+                                    "qemu+ssh://user@host/system (transports ssh, libssh, libssh2, tls, tcp, unix; "
+                                    "no command-running parameters)")
+    pool = raw.get("storage_pool")
+    if not isinstance(pool, str) or not POOL_NAME.fullmatch(pool.strip()):
+        problems.add("storage_pool", f"{shown(pool)} is not a storage pool name; use letters, digits and . _ + - "
+                                     "(at most 64), like 'default'")
+    state_dir = raw.get("state_dir")
+    if not isinstance(state_dir, str) or not state_dir.strip():
+        problems.add("state_dir", "must be a non-empty path")
+    else:
+        reason = dir_problem(_state_dir(state_dir))
+        if reason:
+            problems.add("state_dir", f"{shown(state_dir)} {reason}")
+    box = raw.get("box")
+    if box is not None and (not isinstance(box, str) or not BOX_NAME.fullmatch(box)):
+        problems.add("box", f"{shown(box)} is not a Vagrant box name; use 'name' or 'org/name' (letters, digits, . _ -)")
+    box_url = raw.get("box_url")
+    if box_url is not None and (not isinstance(box_url, str) or not BOX_URL.fullmatch(box_url)):
+        problems.add("box_url", f"{shown(box_url)} is not an https:// URL (or an explicit local file:///path) of "
+                                "URL characters; use https://")
 
-    domain = str(raw.get("domain"))
-    if not DNS_NAME.match(domain):
-        problems.add("domain", f"{domain!r} is not a DNS name; use lowercase labels separated by dots, like dslab.internal")
+    domain = raw.get("domain")
+    if not isinstance(domain, str) or not DNS_NAME.fullmatch(domain) or len(domain) > DNS_NAME_MAX:
+        problems.add("domain", f"{shown(domain)} is not a DNS name; use lowercase labels of 1-63 characters "
+                               f"separated by dots, at most {DNS_NAME_MAX} in all, like dslab.internal")
 
     memory = _int(problems, raw, "memory_mb", MEMORY_MIN_MB, 1024 * 1024)
     cpus = _int(problems, raw, "cpus", 1, CPUS_MAX)
@@ -477,10 +686,10 @@ def validate(raw: Mapping[str, Any]) -> LabConfig:
     if profile is not None:
         runtime = runtime or profile.runtimes[0]
         if runtime not in profile.runtimes:
-            problems.add("runtime", f"{runtime!r} is not available on profile {profile.name}; use one of {', '.join(profile.runtimes)}")
+            problems.add("runtime", f"{shown(runtime)} is not available on profile {profile.name}; use one of {', '.join(profile.runtimes)}")
     proxy = raw.get("kube_proxy_mode")
     if proxy not in PROXY_MODES:
-        problems.add("kube_proxy_mode", f"{proxy!r} is unknown; use 'ipvs' or 'nftables'")
+        problems.add("kube_proxy_mode", f"{shown(proxy)} is unknown; use 'ipvs' or 'nftables'")
     elif proxy == "nftables" and profile is not None and profile.name != "current":
         problems.add("kube_proxy_mode", f"nftables needs Kubernetes 1.31+; profile {profile.name} has only 'ipvs'")
 
@@ -488,13 +697,25 @@ def validate(raw: Mapping[str, Any]) -> LabConfig:
     _check_nodes(problems, nodes, net4, net6, dhcp4, dhcp6)
     _check_ranges(problems, net4, net6, dhcp4, dhcp6, pods, services, docker6, lb4, lb6, ext4, ext6, nodes)
     if profile is not None and services is not None:
-        bits = 128 - services[1].prefixlen
-        if bits > profile.max_service_ipv6_bits:
-            problems.add(
-                "service_subnets",
-                f"the IPv6 range {services[1]} is too large for Kubernetes {profile.kubernetes_version} "
-                f"(at most /{128 - profile.max_service_ipv6_bits}); use e.g. fd00:3::/112",
-            )
+        for net in services:
+            # kube-apiserver refuses a service range of more host bits than this (primary and
+            # secondary alike); kubeadm gives cluster DNS the range's 10th address.
+            bits = net.max_prefixlen - net.prefixlen
+            example = "10.96.0.0/16" if net.version == 4 else "fd00:3::/112"
+            if bits > profile.max_service_ipv6_bits:
+                problems.add("service_subnets", f"the IPv{net.version} range {net} is too large for Kubernetes "
+                             f"{profile.kubernetes_version} (at most /{net.max_prefixlen - profile.max_service_ipv6_bits}); "
+                             f"use e.g. {example}")
+            elif net.num_addresses < 16:
+                problems.add("service_subnets", f"the IPv{net.version} range {net} is too small for the API server's "
+                             f"address and kubeadm's DNS address (its 10th); use at least /{net.max_prefixlen - 4}, "
+                             f"e.g. {example}")
+    if domain is not None and isinstance(domain, str):
+        for node in nodes:
+            if len(node.fqdn(domain)) > DNS_NAME_MAX:
+                problems.add("domain", f"{node.fqdn(domain)[:40]}... is longer than {DNS_NAME_MAX} characters; "
+                                       "use a shorter domain or node names")
+                break
     if pods is not None and mask4 is not None and mask6 is not None and nodes:
         for net, mask, key in ((pods[0], mask4, "node_cidr_mask_ipv4"), (pods[1], mask6, "node_cidr_mask_ipv6")):
             if mask < net.prefixlen:
@@ -548,6 +769,112 @@ def _state_dir(value: str) -> Path:
     so every task finds the same lab wherever it is run from."""
     path = Path(value.strip()).expanduser()
     return path if path.is_absolute() else PROJECT_DIR / path
+
+
+def dir_problem(path: Path) -> Optional[str]:
+    """Why the lab could not make ``path`` its directory (a file, under a file, not
+    creatable), or None. Looks only; creates nothing."""
+    path = Path(os.path.abspath(path))
+    try:
+        if path.exists() and not path.is_dir():
+            return "is a file, not a directory; give a directory path"
+        probe = path
+        while not probe.exists():
+            if probe.is_symlink():
+                return f"goes through the dangling symbolic link {probe}; give a directory path"
+            probe = probe.parent
+    except OSError as exc:  # a name longer than the filesystem allows, a path it cannot resolve
+        return f"cannot be created ({exc.strerror}); give a shorter directory path"
+    if not probe.is_dir():
+        return f"lies under {probe}, which is a file; give a directory path"
+    if probe != path and not os.access(probe, os.W_OK | os.X_OK):
+        return f"cannot be created: {probe} is not writable; give a directory you can write"
+    if probe == path and not os.access(path, os.W_OK | os.X_OK):
+        return "is not writable; give a directory you can write"
+    return None
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+#: Bounds on a YAML document of settings: the nodes it expands to (aliases counted each time
+#: they are used) and its nesting depth.
+YAML_MAX_NODES = 100_000
+YAML_MAX_DEPTH = 32
+
+
+class _YamlRefused(yaml.YAMLError):
+    """A document the lab does not read (tag, recursive or exponential aliases)."""
+
+    def __init__(self, message, mark=None):
+        super().__init__(message)
+        self.problem = message
+        self.problem_mark = mark
+
+
+class BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing explicit tags and alias structures that are recursive or
+    expand past :data:`YAML_MAX_NODES` nodes; checked on the composed node graph before any
+    Python object is built, so a billion-laughs document is refused in milliseconds."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        tag = getattr(event, "tag", None)
+        if not isinstance(event, yaml.AliasEvent) and tag not in (None, "!"):
+            raise _YamlRefused(f"the YAML tag {tag} is not accepted", event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_document(self, node):
+        _expanded_size(node)
+        return super().construct_document(node)
+
+
+def _expanded_size(root) -> None:
+    """Raise :class:`_YamlRefused` when ``root`` is recursive, too deep or expands too far."""
+    sizes, active = {}, set()
+
+    def size(node, depth):
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise _YamlRefused("a recursive alias (an anchor used inside itself) is not accepted", node.start_mark)
+        if depth > YAML_MAX_DEPTH:
+            raise _YamlRefused(f"nesting deeper than {YAML_MAX_DEPTH} levels is not accepted", node.start_mark)
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            for child in node.value:
+                total += size(child, depth + 1)
+        elif isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                total += size(k, depth + 1) + size(v, depth + 1)
+        active.discard(key)
+        if total > YAML_MAX_NODES:
+            raise _YamlRefused(f"the document expands to more than {YAML_MAX_NODES} values (aliases counted "
+                               "each time they are used)", node.start_mark)
+        sizes[key] = total
+        return total
+
+    size(root, 0)
+
+
+def load_yaml(stream, source: str):
+    """The YAML document in ``stream`` (text or a file), loaded with :class:`BoundedLoader`.
+
+    Any failure is one :class:`ConfigError` line naming ``source`` and the line."""
+    try:
+        return yaml.load(stream, Loader=BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        what = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        if "\t" in what or "'\\t'" in what:
+            what += " (indent with spaces, not tabs)"
+        raise ConfigError([f"lab: {source}{where}: {what}; fix the YAML"]) from None
+    except (ValueError, RecursionError):  # e.g. an integer of more than 4300 digits
+        raise ConfigError([f"lab: {source}: a value cannot be read (a number of thousands of digits?); "
+                           "fix the YAML"]) from None
 
 
 def _check_nodes(problems, nodes, net4, net6, dhcp4, dhcp6):

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Protocol, Sequence, Union
 
-from .config import LabConfig
+from .config import LabConfig, shown
+from .errors import ConfigError
 
 Command = Union[str, Sequence[str]]
 
@@ -36,10 +38,11 @@ class Runner(Protocol):
     """Runs commands on lab nodes (over ssh) and on the host."""
 
     def run(self, node: str, command: Command, *, input: Optional[str] = None,
-            timeout: Optional[float] = None, check: bool = True) -> Result:
+            timeout: Optional[float] = None, check: bool = True, secret: bool = False) -> Result:
         """Run ``command`` on ``node`` as root; a string runs under ``bash -c``.
 
-        With ``check`` a non-zero exit raises :class:`~lab.errors.StepError`.
+        With ``check`` a non-zero exit raises :class:`~lab.errors.StepError`. With ``secret``
+        the command handles a secret (a token, a key): its output is never logged.
         """
 
     def put(self, node: str, local: Path, remote: str) -> None:
@@ -49,12 +52,54 @@ class Runner(Protocol):
         """Copy ``remote`` from ``node`` to a local file."""
 
 
+class StateError(ConfigError):
+    """``state.json`` cannot be read; the one problem line says how to recover."""
+
+
+#: What each recorded value must look like; keys not listed here are kept as they are.
+STATE_FORMATS = {
+    "bootstrap_token": (re.compile(r"[a-z0-9]{6}\.[a-z0-9]{16}"), "a bootstrap token"),
+    "join_token": (re.compile(r"[a-z0-9]{6}\.[a-z0-9]{16}"), "a bootstrap token"),
+    "ca_cert_hash": (re.compile(r"sha256:[0-9a-f]{64}"), "a CA hash sha256:<64 hex digits>"),
+    "kubeadm_applied": (re.compile(r"(?s).{0,200}"), "a digest"),
+    "calico_applied": (re.compile(r"(?s).{0,200}"), "a digest"),
+    "vagrantfile_applied": (re.compile(r"(?s).{0,200}"), "a digest"),
+}
+
+
+def read_state(path: Path) -> dict:
+    """The record in ``path`` ({} when there is none), or one :class:`StateError` line."""
+    if not path.exists():
+        return {}
+    afresh = (f"move it aside (mv {path} {path}.damaged) and run `invoke lab.destroy`, then `invoke lab.up`, "
+              "to start the lab afresh")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        where = f" at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise StateError([f"lab.state_dir: {path} is damaged (not JSON{where}); {afresh}"]) from None
+    except OSError as exc:
+        raise StateError([f"lab.state_dir: {path} cannot be read ({exc.strerror}); fix its permissions"]) from None
+    if not isinstance(data, dict):
+        raise StateError([f"lab.state_dir: {path} is damaged (a JSON {type(data).__name__}, not an object); {afresh}"])
+    for key, (form, what) in STATE_FORMATS.items():
+        value = data.get(key)
+        if value is not None and not (isinstance(value, str) and form.fullmatch(value)):
+            raise StateError([f"lab.state_dir: {path} is damaged ({key} is {shown(value)}, not {what}); "
+                              f"delete the \"{key}\" entry from it and run the task again (lab.up records it anew)"])
+    steps = data.get("steps")
+    if steps is not None and not (isinstance(steps, dict) and all(isinstance(v, str) for v in steps.values())):
+        raise StateError([f"lab.state_dir: {path} is damaged (steps is {shown(steps)}, not an object of step "
+                          "fingerprints); delete the \"steps\" entry from it and run `invoke lab.up` again"])
+    return data
+
+
 class State:
     """Small persistent key/value record of what the lab has done (``state.json``)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._data = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self._data = read_state(self.path)
 
     def get(self, key: str, default=None):
         """The recorded value of ``key``."""
@@ -63,7 +108,7 @@ class State:
     def _reload(self) -> None:
         # Other State objects on the same file may have written since: never drop their keys.
         if self.path.exists():
-            self._data = json.loads(self.path.read_text())
+            self._data = read_state(self.path)
 
     def set(self, key: str, value) -> None:
         """Record ``key`` and write the file atomically."""

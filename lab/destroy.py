@@ -1,35 +1,52 @@
 """``lab.destroy``: Vagrant first, then whatever libvirt still holds of the lab.
 
-Ownership is by name, never by local state, so destroy works after ``.vagrant`` was
-deleted by hand and after an ``up`` that failed at any step: the lab's domains (its
-planned node names, or any ``<name>_*`` domain attached to the lab network), their disk
-volumes, the lab network (``<name>_net``), and the box image volume of the lab's box
-once nothing is backed by it any more. Safe to run twice; a part that cannot be removed
+Ownership is by the lab's id (:mod:`lab.identity`), never by name alone: the lab's
+domains carry it in their description and its network as its UUID, and destroy works
+after ``.vagrant`` and the state directory were deleted by hand and after an ``up`` that
+failed at any step. Removed are the lab's domains, the volumes vagrant-libvirt named for
+them (``<domain>.img``, ``<domain>_<n>.img``), the lab network, and the box image volume
+of the lab's box once no domain and no volume is backed by it. A disk attached to one of
+the lab's machines by hand is detached first and kept; same-named objects of another lab
+are left alone, with one line saying so. Safe to run twice; a part that cannot be removed
 does not stop the rest, and every such failure is reported at the end.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import stat
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, Iterable, List, Optional, Set
 
-from . import machines, network
+from . import identity, machines, network, statedir
 from .config import LabConfig
 from .errors import LabError
 from .render import STATE_MARKER
 
-#: What the lab writes into its state directory; nothing else there is removed, and only
-#: from a directory that carries the lab's marker.
-STATE_ENTRIES = ("Vagrantfile", "network.xml", "kubeadm-config.yaml", "state.json", "ssh_config", "kubeconfig",
-                 "nodes", "manifests", "logs", ".vagrant")
+#: Files and trees only the lab ever makes in its state directory (the rest is in its manifest).
+LAB_FILES = ("state.json", "ssh_config", "kubeconfig")
+LAB_TREES = (".vagrant",)
+#: Where ssh keeps the lab's control sockets (only sockets are removed from it).
+CONTROL_DIR = "ssh"
 
 
 def box_volume_prefix(box: str) -> str:
     """Start of the names vagrant-libvirt gives the volumes of ``box``'s image."""
     return box.replace("/", "-VAGRANTSLASH-") + "_vagrant_box_image_"
+
+
+def vagrant_volume(name: str, domain_names: Iterable[str]) -> bool:
+    """True when vagrant-libvirt names a box disk of one of ``domain_names`` so.
+
+    vagrant-libvirt (0.11, ``resolve_disk_settings.rb``) names the disks it makes from the
+    box ``<domain>.img``, ``<domain>_1.img``, ...; additional disks would be
+    ``<domain>-<dev>.<type>``, but the lab's Vagrantfile asks for none, so such a volume is
+    never the lab's.
+    """
+    return any(re.fullmatch(re.escape(d) + r"(?:_[1-9][0-9]*)?\.img", name) for d in domain_names)
 
 
 def _undefine_domain(dom, libvirt) -> None:
@@ -38,14 +55,6 @@ def _undefine_domain(dom, libvirt) -> None:
     # The lab's machines boot by BIOS (no NVRAM); saved state and snapshots go with them.
     flags = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
     dom.undefineFlags(flags)
-
-
-def _backing_files(pool) -> List[str]:
-    paths = []
-    for vol in pool.listAllVolumes(0):
-        root = ET.fromstring(vol.XMLDesc(0))
-        paths.extend(el.text for el in root.findall("./backingStore/path") if el.text)
-    return paths
 
 
 def _pool(conn, name: str):
@@ -64,40 +73,126 @@ def _pool(conn, name: str):
     return pool
 
 
+def _source(el) -> Optional[str]:
+    source = el.find("source")
+    if source is None:
+        return None
+    return source.get("file") or source.get("dev") or source.get("volume")
+
+
+def _domain_root(dom, flags: int = 0):
+    return ET.fromstring(dom.XMLDesc(flags))
+
+
 def _domain_facts(dom):
-    root = ET.fromstring(dom.XMLDesc(0))
-    disks = [el.get("file") for el in root.findall("./devices/disk/source") if el.get("file")]
+    root = _domain_root(dom)
+    disks = [s for s in (_source(el) for el in root.findall("./devices/disk")) if s]
     nets = [el.get("network") for el in root.findall("./devices/interface/source") if el.get("network")]
     return disks, nets
 
 
-def owned_domains(cfg: LabConfig, conn) -> Dict[str, object]:
-    """The lab's domains by name: planned node names, or prefixed ones on the lab network."""
-    planned = {cfg.domain_name(n) for n in cfg.nodes}
-    owned = {}
+def _paths_in_use(conn, pool, skip: Set[str] = frozenset()) -> Set[str]:
+    """Every disk and backing file of every domain (but those named in ``skip``) and every
+    backing file of the pool's volumes."""
+    used = set()
     for dom in conn.listAllDomains(0):
-        name = dom.name()
-        if name in planned or (name.startswith(cfg.domain_prefix) and cfg.network_name in _domain_facts(dom)[1]):
-            owned[name] = dom
-    return owned
+        if dom.name() in skip:
+            continue
+        for el in _domain_root(dom).iter():
+            if el.tag == "source" and (el.get("file") or el.get("dev")):
+                used.add(el.get("file") or el.get("dev"))
+    if pool is not None:
+        for vol in pool.listAllVolumes(0):
+            root = ET.fromstring(vol.XMLDesc(0))
+            used.update(el.text for el in root.findall("./backingStore/path") if el.text)
+    return used
 
 
-def _owned_volume(cfg: LabConfig, name: str, domain_names) -> bool:
-    """Volumes vagrant-libvirt makes for a domain: ``<domain>.img`` and ``<domain>-vdX.qcow2``."""
-    return any(re.fullmatch(re.escape(d) + r"(\.img|-vd[a-z]+\.qcow2)", name) for d in domain_names)
+class Survey:
+    """What libvirt holds under the lab's names, split into the lab's own and other labs'."""
+
+    def __init__(self, cfg: LabConfig, conn, owner: identity.Owner):
+        self.domains: Dict[str, object] = {}
+        self.foreign: List[str] = []
+        net, owned = network.owned_network(cfg, conn, owner)
+        self.network = net if owned else None
+        if net is not None and not owned:
+            self.foreign.append(cfg.network_name)
+        planned = {cfg.domain_name(n) for n in cfg.nodes}
+        present = set()
+        for dom in conn.listAllDomains(0):
+            name = dom.name()
+            present.add(name)
+            if owner.owns(identity.id_in(_domain_root(dom).findtext("description"))):
+                self.domains[name] = dom
+            elif name in planned or (name.startswith(cfg.domain_prefix) and cfg.network_name in _domain_facts(dom)[1]):
+                self.foreign.append(name)
+        # Disks of planned machines whose domain is gone are the lab's, unless another lab holds its name.
+        orphans = set() if net is not None and not owned else planned - present
+        self.names = set(self.domains) | orphans
+
+    def foreign_line(self) -> str:
+        """One line naming what is left alone."""
+        return (f"lab.name: {', '.join(sorted(self.foreign))} are not this lab's (another checkout's or another "
+                "state directory's, or made by hand): left alone; remove them where they were made "
+                "(`invoke lab.destroy` there)")
+
+
+def owned_domains(cfg: LabConfig, conn, owner: Optional[identity.Owner] = None) -> Dict[str, object]:
+    """The lab's domains: those whose description carries the lab's id."""
+    return Survey(cfg, conn, owner or identity.Owner(cfg.state_dir)).domains
 
 
 def libvirt_leftovers(cfg: LabConfig, conn) -> Dict[str, List[str]]:
     """What libvirt holds of the lab: domains, volumes and networks, by name."""
-    domains = owned_domains(cfg, conn)
-    names = set(domains) | {cfg.domain_name(n) for n in cfg.nodes}
+    survey = Survey(cfg, conn, identity.Owner(cfg.state_dir))
     pool = _pool(conn, cfg.storage_pool)
+    volumes = []
+    if pool is not None:
+        others = _paths_in_use(conn, None, skip=set(survey.domains))
+        volumes = sorted(v.name() for v in pool.listAllVolumes(0)
+                         if vagrant_volume(v.name(), survey.names) and v.path() not in others)
     return {
-        "domains": sorted(domains),
-        "volumes": sorted(v.name() for v in pool.listAllVolumes(0) if _owned_volume(cfg, v.name(), names))
-        if pool else [],
-        "networks": [n.name() for n in conn.listAllNetworks(0) if n.name() == cfg.network_name],
+        "domains": sorted(survey.domains),
+        "volumes": volumes,
+        "networks": [cfg.network_name] if survey.network is not None else [],
     }
+
+
+def release_foreign_disks(dom, conn) -> List[str]:
+    """Detach from ``dom`` (stopped first) every disk vagrant-libvirt did not make for it; return them.
+
+    ``vagrant destroy`` deletes every volume attached to a machine (fog-libvirt's
+    ``destroy_volumes``), so a disk the user attached must be gone from the domain first.
+    """
+    import libvirt  # noqa: PLC0415
+
+    root = _domain_root(dom, libvirt.VIR_DOMAIN_XML_INACTIVE)
+    devices = root.find("devices")
+    foreign = [el for el in (devices.findall("disk") if devices is not None else [])
+               if _source(el) and not vagrant_volume(os.path.basename(_source(el)), [dom.name()])]
+    if not foreign:
+        return []
+    if dom.isActive():
+        dom.destroy()
+    for el in foreign:
+        devices.remove(el)
+    conn.defineXML(ET.tostring(root, encoding="unicode"))
+    return [_source(el) for el in foreign]
+
+
+def _vagrant_may_destroy(cfg: LabConfig, conn, owner: identity.Owner) -> bool:
+    """False when ``.vagrant`` names a machine that exists and is not the lab's."""
+    import libvirt  # noqa: PLC0415
+
+    for uuid in machines.recorded_machines(cfg).values():
+        try:
+            dom = conn.lookupByUUIDString(uuid)
+        except libvirt.libvirtError:
+            continue
+        if not owner.owns(identity.id_in(_domain_root(dom).findtext("description"))):
+            return False
+    return True
 
 
 def destroy(cfg: LabConfig, log_path: Path, report=print) -> Dict[str, List[str]]:
@@ -109,38 +204,56 @@ def destroy(cfg: LabConfig, log_path: Path, report=print) -> Dict[str, List[str]
 
     removed = {"domains": [], "volumes": [], "networks": []}
     failures = []
-    try:
-        machines.destroy(cfg, log_path)
-    except LabError as exc:
-        report(f"vagrant destroy failed ({exc}); removing by name instead")
 
     def attempt(kind, name, action):
         try:
             action()
-            removed[kind].append(name)
+            if kind:
+                removed[kind].append(name)
         except libvirt.libvirtError as exc:
-            failures.append(f"cannot remove {kind[:-1]} {name}: {exc.get_error_message()}")
+            failures.append(f"cannot remove {kind[:-1] if kind else 'disk of'} {name}: {exc.get_error_message()}")
 
+    owner = identity.Owner(cfg.state_dir)
     with network.connect(cfg.libvirt_uri) as conn:
-        domains = owned_domains(cfg, conn)
-        disks = set()
-        for name, dom in domains.items():
-            disks.update(_domain_facts(dom)[0])
+        survey = Survey(cfg, conn, owner)
+        if survey.foreign:
+            report(survey.foreign_line())
+        for name, dom in survey.domains.items():
+            try:
+                for disk in release_foreign_disks(dom, conn):
+                    report(f"{name}: disk {disk} was not made by vagrant-libvirt for it: detached and kept")
+            except libvirt.libvirtError as exc:
+                failures.append(f"cannot detach the disks attached by hand to {name}: {exc.get_error_message()}")
+        if failures:
+            raise LabError("; ".join(failures) + "; nothing was destroyed; run `invoke lab.destroy` again "
+                           "once the cause is fixed")
+        if survey.foreign:
+            # vagrant destroy of a machine it has no record of deletes the volume named for it
+            # (vagrant-libvirt's RemoveStaleVolume): not while another lab holds the lab's names.
+            pass
+        elif _vagrant_may_destroy(cfg, conn, owner):
+            try:
+                machines.destroy(cfg, log_path)
+            except LabError as exc:
+                report(f"vagrant destroy failed ({exc}); removing the lab's machines by their id instead")
+        else:
+            report(f"{cfg.state_dir}/.vagrant names machines that are not this lab's: vagrant destroy skipped, "
+                   "removing the lab's machines by their id")
+
+        for name, dom in owned_domains(cfg, conn, owner).items():
             attempt("domains", name, lambda dom=dom: _undefine_domain(dom, libvirt))
         pool = _pool(conn, cfg.storage_pool)
         if pool is not None:
-            names = set(domains) | {cfg.domain_name(n) for n in cfg.nodes}
+            used = _paths_in_use(conn, None)
             for vol in pool.listAllVolumes(0):
-                if vol.path() in disks and vol.name().startswith(box_volume_prefix(cfg.box)):
-                    continue  # a backing image, handled below
-                if vol.path() in disks or _owned_volume(cfg, vol.name(), names):
+                if vagrant_volume(vol.name(), survey.names) and vol.path() not in used:
                     attempt("volumes", vol.name(), lambda vol=vol: vol.delete(0))
-            backing = _backing_files(pool)
+            used = _paths_in_use(conn, pool)
             for vol in pool.listAllVolumes(0):
-                if vol.name().startswith(box_volume_prefix(cfg.box)) and vol.path() not in backing:
+                if vol.name().startswith(box_volume_prefix(cfg.box)) and vol.path() not in used:
                     attempt("volumes", vol.name(), lambda vol=vol: vol.delete(0))
         try:
-            if network.delete_network(cfg, conn):
+            if network.delete_network(cfg, conn, owner):
                 removed["networks"].append(cfg.network_name)
         except libvirt.libvirtError as exc:
             failures.append(f"cannot remove network {cfg.network_name}: {exc.get_error_message()}")
@@ -150,24 +263,64 @@ def destroy(cfg: LabConfig, log_path: Path, report=print) -> Dict[str, List[str]
     return removed
 
 
+def _inside(state_dir: Path, path: Path) -> bool:
+    """True when ``path``'s directory is really inside ``state_dir`` (no symlinked parent)."""
+    real = Path(os.path.realpath(state_dir))
+    try:
+        rel = Path(os.path.abspath(path)).relative_to(Path(os.path.abspath(state_dir)))
+    except ValueError:
+        return False
+    return Path(os.path.realpath(path.parent)) == (real / rel).parent
+
+
+def _remove_file(path: Path) -> bool:
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISDIR(info.st_mode):
+        return False
+    path.unlink()
+    return True
+
+
 def remove_state(state_dir: Path) -> None:
     """Remove what the lab wrote into ``state_dir`` (and the directory, if then empty).
 
-    Only a directory with the lab's marker is touched: a mistyped ``lab.state_dir`` never
-    costs the user files that merely share a name with the lab's.
+    Only a directory with the lab's marker is touched, and in it only the files the lab
+    recorded writing (:mod:`lab.statedir`) and those only the lab makes there
+    (:data:`LAB_FILES`, :data:`LAB_TREES`, the ssh control sockets): a user's own file,
+    in ``logs/`` or anywhere else, stays, and so does the marker beside it.
     """
     state_dir = Path(state_dir)
-    if not (state_dir / STATE_MARKER).exists():
+    if not (state_dir / STATE_MARKER).is_file() or state_dir.is_symlink():
         return
-    for name in (*STATE_ENTRIES, STATE_MARKER):
+    parents = set()
+    for rel in [*statedir.recorded_names(state_dir), *LAB_FILES]:
+        path = state_dir / rel
+        if _inside(state_dir, path) and _remove_file(path):
+            parents.update(p for p in path.parents if p != state_dir and state_dir in p.parents)
+    for name in LAB_TREES:
         path = state_dir / name
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
+    control = state_dir / CONTROL_DIR
+    if control.is_dir() and not control.is_symlink():
+        for entry in control.iterdir():
+            if stat.S_ISSOCK(os.lstat(entry).st_mode):
+                entry.unlink()
+        parents.add(control)
     for leftover in state_dir.glob(".state.*"):
         leftover.unlink()
-    try:
+    for directory in sorted(parents, key=lambda p: len(p.parts), reverse=True):
+        try:
+            directory.rmdir()
+        except OSError:
+            pass  # not empty: someone else's files are in it
+    bookkeeping = {STATE_MARKER, statedir.MANIFEST}
+    if all(entry.name in bookkeeping for entry in state_dir.iterdir()):
+        for name in bookkeeping:
+            _remove_file(state_dir / name)
         state_dir.rmdir()
-    except OSError:
-        pass
+    else:
+        _remove_file(state_dir / statedir.MANIFEST)  # what it listed is gone; the marker stays with the rest

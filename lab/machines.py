@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from . import statedir
 from .config import LabConfig
 from .errors import StepError
 
@@ -36,6 +37,7 @@ def _vagrant(cfg: LabConfig, log_path: Path):
     import vagrant  # noqa: PLC0415 - python-vagrant warns at import when vagrant is missing
 
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    statedir.record(cfg.state_dir, [log_path])
     return vagrant.Vagrant(
         root=str(cfg.state_dir.resolve()),
         env=vagrant_env(),
@@ -71,7 +73,19 @@ def ssh_config(cfg: LabConfig, log_path: Path) -> Path:
         raise StepError("machines", f"vagrant reports no ssh configuration for {', '.join(missing)}", log_path)
     path = cfg.state_dir / "ssh_config"
     path.write_text(text)
+    statedir.record(cfg.state_dir, [path])
     return path
+
+
+def recorded_machines(cfg: LabConfig) -> Dict[str, str]:
+    """Machine name → libvirt domain UUID, as ``.vagrant`` records them (what ``vagrant destroy`` acts on)."""
+    found = {}
+    for id_file in sorted((cfg.state_dir / ".vagrant" / "machines").glob("*/libvirt/id")):
+        try:
+            found[id_file.parent.parent.name] = id_file.read_text().strip()
+        except OSError:
+            continue
+    return found
 
 
 def destroy(cfg: LabConfig, log_path: Path) -> None:

@@ -3,7 +3,9 @@
 vagrant-libvirt's own network template has no DNS host records and gives guests no
 planned IPv6, so the lab defines its network itself and vagrant-libvirt attaches every
 machine to it as its management network (found by name and address). The network is
-built as XML with ElementTree; it is named after the lab, so destroy can find it.
+built as XML with ElementTree; it is named after the lab and carries the lab's id as its
+UUID (:mod:`lab.identity`), so destroy finds it, and neither destroy nor
+:func:`ensure_network` touches a same-named network of another lab.
 """
 
 from __future__ import annotations
@@ -13,16 +15,19 @@ import ipaddress
 import json
 import subprocess
 import xml.etree.ElementTree as ET
-from typing import Iterable, Iterator, List
+from typing import Iterable, Iterator, List, Optional
 
+from . import identity
 from .config import LabConfig
 from .errors import LabError, PreflightError
 
 
-def network_xml(cfg: LabConfig) -> str:
-    """The libvirt network XML of the lab (a string, pretty-printed)."""
+def network_xml(cfg: LabConfig, lab_id: Optional[str] = None) -> str:
+    """The libvirt network XML of the lab (a string, pretty-printed), with ``lab_id`` as its UUID."""
     net = ET.Element("network")
     ET.SubElement(net, "name").text = cfg.network_name
+    if lab_id:
+        ET.SubElement(net, "uuid").text = lab_id
     forward = ET.SubElement(net, "forward", mode="nat")
     ET.SubElement(forward, "nat", ipv6="yes")
     ET.SubElement(net, "bridge", name=cfg.bridge_name, stp="on", delay="0")
@@ -138,15 +143,33 @@ def _canonical(xml: str) -> str:
     return ET.tostring(root, encoding="unicode")
 
 
-def ensure_network(cfg: LabConfig, conn) -> str:
+def foreign_network_line(cfg: LabConfig) -> str:
+    """The line that refuses to touch a same-named network of another lab."""
+    return (f"lab.name: libvirt network {cfg.network_name} exists but is not this lab's (another checkout's or "
+            "another state directory's, or made by hand); choose another lab.name, or remove it where it was made "
+            "(`invoke lab.destroy` there)")
+
+
+def owned_network(cfg: LabConfig, conn, owner: identity.Owner):
+    """(network, owned): the network named like the lab's, or None, and whether it is the lab's."""
+    net = _lookup(conn, cfg.network_name)
+    return net, net is not None and owner.owns(net.UUIDString())
+
+
+def ensure_network(cfg: LabConfig, conn, lab_id: Optional[str] = None) -> str:
     """Define and start the lab network; return what was done.
 
     An existing network of the same name and definition is kept (and started). One
-    with a different definition is replaced only when no running machine uses it.
+    with a different definition is replaced only when no running machine uses it. A
+    same-named network that is not the lab's (:mod:`lab.identity`) is never touched:
+    :class:`LabError`. ``lab_id`` defaults to the id in the lab's state (made if new).
     """
     libvirt = _libvirt()
-    wanted = network_xml(cfg)
-    net = _lookup(conn, cfg.network_name)
+    lab_id = lab_id or identity.ensure_id(cfg)
+    wanted = network_xml(cfg, lab_id)
+    net, owned = owned_network(cfg, conn, identity.Owner(cfg.state_dir, lab_id))
+    if net is not None and not owned:
+        raise LabError(foreign_network_line(cfg))
     action = "kept"
     if net is not None and _canonical(net.XMLDesc(0)) != _canonical(wanted):
         if net.isActive() and _attached_domains(conn, cfg.network_name):
@@ -181,10 +204,10 @@ def _attached_domains(conn, network_name: str) -> List[str]:
     return names
 
 
-def delete_network(cfg: LabConfig, conn) -> bool:
-    """Stop and undefine the lab network; False when there was none."""
-    net = _lookup(conn, cfg.network_name)
-    if net is None:
+def delete_network(cfg: LabConfig, conn, owner: Optional[identity.Owner] = None) -> bool:
+    """Stop and undefine the lab network; False when there was none or it is not the lab's."""
+    net, owned = owned_network(cfg, conn, owner or identity.Owner(cfg.state_dir))
+    if not owned:
         return False
     if net.isActive():
         net.destroy()

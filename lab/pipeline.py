@@ -16,10 +16,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, List, Optional, TextIO
 
-from . import cluster, machines, network, preflight, profiles, render, workloads
+from . import cluster, machines, network, preflight, profiles, render, statedir, workloads
 from .config import LabConfig
 from .context import Context, State
 from .errors import LabError, StepError
+from .private import append_private, create_private, private_dir, redact
 from .remote import SshRunner
 
 LOG_DIR = "logs"
@@ -49,7 +50,20 @@ class Status:
         mark, code = self.MARKS[kind]
         if self.colour:
             mark = f"\033[{code}m{mark}\033[0m"
-        print(f"{mark} {text}", file=self.stream, flush=True)
+        print(f"{mark} {redact(text)}", file=self.stream, flush=True)
+
+
+def new_log(state_dir: Path, kind: str) -> Path:
+    """A new, empty log of this run (``logs/<kind>-<time>[-<n>].log``, 0600), recorded as the lab's."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    logs = Path(state_dir) / LOG_DIR
+    path, n = logs / f"{kind}-{stamp}.log", 1
+    while path.exists():  # two runs within one second: each keeps its own log
+        n += 1
+        path = logs / f"{kind}-{stamp}-{n}.log"
+    create_private(path)
+    statedir.record(state_dir, [path])
+    return path
 
 
 class UpRun:
@@ -60,17 +74,16 @@ class UpRun:
         self.status = status
         self.until = until
         render.mark_state_dir(cfg.state_dir, cfg)
+        private_dir(cfg.state_dir)  # it holds state.json, the kubeconfig and the logs
         self.state = State(cfg.state_dir / "state.json")
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        self.log_path = cfg.state_dir / LOG_DIR / f"{kind}-{stamp}.log"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        # 0600 from the start: Vagrant's output is appended to the same file.
+        self.log_path = new_log(cfg.state_dir, kind)
         self.alive: Optional[bool] = None
         self.step: str = ""
 
     def log(self, text: str) -> None:
-        """Append a line to this run's log."""
-        with open(self.log_path, "a", encoding="utf-8") as handle:
-            handle.write(text.rstrip("\n") + "\n")
+        """Append a line to this run's log, redacted (:func:`lab.private.redact`)."""
+        append_private(self.log_path, text.rstrip("\n"))
 
     def context(self, step: str) -> Context:
         """The step context, with an ssh runner on the machines (needs the machines step)."""

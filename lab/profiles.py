@@ -73,6 +73,10 @@ CURRENT = Profile(
     name="current",
     description="CentOS Stream 9, docker-ce with cri-dockerd, Kubernetes 1.36, Calico 3.31, MetalLB 0.16",
     box="centos-stream-9",
+    # The CentOS project's -latest libvirt box: neither pinned by date nor checked. Its CHECKSUM
+    # file beside the images could not be read offline, and the only dated box sum found
+    # (CentOS-Stream-Vagrant-9-20211119.0, captured by kubevirt/containerdisks) is of a 2021 image
+    # that cloud.centos.org no longer keeps. The README's pins section says so.
     box_url=(
         "https://cloud.centos.org/centos/9-stream/x86_64/images/"
         "CentOS-Stream-Vagrant-9-latest.x86_64.vagrant-libvirt.box"

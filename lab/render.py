@@ -7,16 +7,18 @@ touches neither libvirt nor Vagrant.
 
 from __future__ import annotations
 
-import json
+import fnmatch
 import os
+import stat
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import jinja2
 
-from . import kubeadm, network, nodeenv, workloads
+from . import identity, kubeadm, network, nodeenv, statedir, workloads
 from .config import LabConfig
 from .context import State
+from .private import private_dir, write_private
 
 ROOT = Path(__file__).resolve().parent.parent
 PROVISION_DIR = ROOT / "provision"
@@ -25,8 +27,20 @@ BOOT_TIMEOUT_S = 900
 
 
 def ruby_string(value) -> str:
-    """A Ruby double-quoted string literal for ``value`` (no interpolation possible)."""
-    return json.dumps(str(value)).replace("#", "\\#")
+    """A Ruby double-quoted string literal for ``value``: ``"``, ``\\`` and ``#`` escaped (no
+    interpolation: ``#{}``, ``#@``, ``#$``), printable ASCII as is, every other character as
+    ``\\u{hex}`` (valid Ruby for any code point; a lone surrogate is refused)."""
+    out = []
+    for ch in str(value):
+        if ch in '"\\#':
+            out.append("\\" + ch)
+        elif " " <= ch <= "~":
+            out.append(ch)
+        elif 0xD800 <= ord(ch) <= 0xDFFF:
+            raise ValueError(f"{value!r} holds a lone surrogate; it has no Ruby form")
+        else:
+            out.append(f"\\u{{{ord(ch):x}}}")
+    return '"' + "".join(out) + '"'
 
 
 def _environment() -> jinja2.Environment:
@@ -40,9 +54,10 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def vagrantfile(cfg: LabConfig) -> str:
-    """The Vagrantfile of the lab, from ``Vagrantfile.j2``."""
+def vagrantfile(cfg: LabConfig, lab_id: Optional[str] = None) -> str:
+    """The Vagrantfile of the lab, from ``Vagrantfile.j2``; its machines carry ``lab_id``."""
     return _environment().get_template(VAGRANTFILE_TEMPLATE).render(
+        description=identity.description(cfg.name, lab_id),
         nodes=cfg.nodes,
         box=cfg.box,
         box_url=cfg.box_url,
@@ -55,28 +70,39 @@ def vagrantfile(cfg: LabConfig) -> str:
         domain_prefix=cfg.domain_prefix,
         network_name=cfg.network_name,
         network_ipv4=str(cfg.network_ipv4),
-        ipv6_prefixlen=cfg.network_ipv6.prefixlen,
-        gateway_ipv6=cfg.gateway_ipv6,
-        domain=cfg.domain,
         network_script=PROVISION_DIR / "network.sh",
         lib_script=PROVISION_DIR / "lib.sh",
     )
 
 
+#: Where the state keeps the token ``kubeadm init`` was given, and the one joins use now.
+BOOTSTRAP_TOKEN_KEY = "bootstrap_token"
+JOIN_TOKEN_KEY = "join_token"
+
+
 def bootstrap_token(state: State) -> str:
-    """The lab's kubeadm bootstrap token: random per lab, kept in its state."""
-    token = state.get("bootstrap_token")
+    """The token of ``kubeadm init`` (in kubeadm-config.yaml): random per lab, kept in its state.
+
+    It never changes, so the init configuration of a running cluster stays the same; joins
+    after it expired use :func:`join_token`.
+    """
+    token = state.get(BOOTSTRAP_TOKEN_KEY)
     if not token:
         token = kubeadm.new_token()
-        state.set("bootstrap_token", token)
+        state.set(BOOTSTRAP_TOKEN_KEY, token)
     return token
+
+
+def join_token(state: State) -> str:
+    """The token the workers join with: the last one minted for a join, else the init token."""
+    return state.get(JOIN_TOKEN_KEY) or bootstrap_token(state)
 
 
 def artifacts(cfg: LabConfig, state: State) -> Dict[str, str]:
     """Every generated file, relative path → content."""
     files = {
-        "Vagrantfile": vagrantfile(cfg),
-        "network.xml": network.network_xml(cfg),
+        "Vagrantfile": vagrantfile(cfg, identity.lab_id(state)),
+        "network.xml": network.network_xml(cfg, identity.lab_id(state)),
         "kubeadm-config.yaml": kubeadm.render_init(cfg, bootstrap_token(state)),
     }
     for node in cfg.nodes:
@@ -84,32 +110,52 @@ def artifacts(cfg: LabConfig, state: State) -> Dict[str, str]:
     ca_hash = state.get("ca_cert_hash")
     if ca_hash:
         for node in cfg.workers:
-            files[f"nodes/{node.name}-join.yaml"] = kubeadm.render_join(cfg, node, bootstrap_token(state), ca_hash)
+            files[f"nodes/{node.name}-join.yaml"] = kubeadm.render_join(cfg, node, join_token(state), ca_hash)
     for name, text in workloads.render_manifests(cfg).items():
         files[f"manifests/{name}"] = text
     return files
 
 
-def write_files(out_dir: Path, files: Dict[str, str]) -> List[Path]:
-    """Write ``files`` under ``out_dir``; only files whose content changed are rewritten."""
+#: Rendered files that hold a secret (the bootstrap token): mode 0600, every other one 0644.
+SECRET_FILES = ("kubeadm-config.yaml", "nodes/*-join.yaml")
+
+
+def file_mode(rel: str) -> int:
+    """The mode of the rendered file ``rel``: 0600 when it holds a secret (:data:`SECRET_FILES`)."""
+    return 0o600 if any(fnmatch.fnmatchcase(rel, pattern) for pattern in SECRET_FILES) else 0o644
+
+
+def write_files(out_dir: Path, files: Dict[str, str], modes: Optional[Dict[str, int]] = None) -> List[Path]:
+    """Write ``files`` under ``out_dir`` (made 0700), each with its mode (``modes``, else
+    :func:`file_mode`); only files whose content changed are rewritten, every mode is set."""
     written = []
+    private_dir(out_dir)
     for rel, text in sorted(files.items()):
         path = Path(out_dir) / rel
+        mode = (modes or {}).get(rel, file_mode(rel))
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists() or path.read_text() != text:
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(text)
-            os.replace(tmp, path)
+            write_private(path, text, mode)
+        elif stat.S_IMODE(path.stat().st_mode) != mode:
+            os.chmod(path, mode)
         written.append(path)
     return written
 
 
 #: Marks a directory as a lab's state directory (destroy cleans only such a directory).
-STATE_MARKER = ".dslab"
+STATE_MARKER = statedir.MARKER
 
 
 def mark_state_dir(out_dir: Path, cfg: LabConfig) -> None:
-    """Create ``out_dir`` with the lab's marker in it."""
+    """Create ``out_dir`` with the lab's marker in it.
+
+    A system or home directory, or a non-empty one without the marker, is refused
+    (:class:`~lab.errors.ConfigError` naming ``lab.state_dir``, or ``--out`` for another
+    directory) before anything is written.
+    """
+    out_dir = Path(out_dir)
+    same = Path(os.path.abspath(out_dir)) == Path(os.path.abspath(cfg.state_dir))
+    statedir.check(out_dir, "lab.state_dir" if same else "--out")
     out_dir.mkdir(parents=True, exist_ok=True)
     marker = out_dir / STATE_MARKER
     if not marker.exists():
@@ -121,4 +167,6 @@ def render_all(cfg: LabConfig, out_dir: Path) -> List[Path]:
     out_dir = Path(out_dir)
     mark_state_dir(out_dir, cfg)
     state = State(out_dir / "state.json")
-    return write_files(out_dir, artifacts(cfg, state))
+    written = write_files(out_dir, artifacts(cfg, state))
+    statedir.record(out_dir, written)
+    return written

@@ -6,27 +6,36 @@ line per problem and a non-zero status.
 
 from __future__ import annotations
 
+import shlex
 import sys
 import tempfile
-from datetime import datetime
 from pathlib import Path
 
 from invoke import Collection, Exit, task
 
 from . import config as lab_config
+from . import sources
 from .errors import ConfigError, LabError, PreflightError, StepError
 from .pipeline import STEP_NAMES
+
+# Before invoke reads invoke.yaml, -f FILE and INVOKE_LAB_* (it imports the tasks first).
+sources.install()
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 
 
 def _load(c, **overrides):
-    """Load the lab config from invoke's ``lab`` settings plus task flags."""
+    """Load the lab config from invoke's ``lab`` settings plus task flags; the problems of
+    reading the sources (:mod:`lab.sources`) come first."""
     try:
-        return lab_config.load(c.config.get("lab") or {}, **overrides)
+        cfg = lab_config.load(c.config.get("lab") or {}, **overrides)
     except ConfigError as exc:
-        raise Exit("\n".join(exc.problems), code=EXIT_CONFIG) from None
+        raise Exit("\n".join(sources.PROBLEMS + [p for p in exc.problems if p not in sources.PROBLEMS]),
+                   code=EXIT_CONFIG) from None
+    if sources.PROBLEMS:
+        raise Exit("\n".join(sources.PROBLEMS), code=EXIT_CONFIG)
+    return cfg
 
 
 def _fail(exc: LabError, code: int = EXIT_FAILED):
@@ -52,8 +61,12 @@ def render(c, out=None, profile=None):
     from .render import render_all  # noqa: PLC0415
 
     cfg = _load(c, profile=profile)
+    if out is not None:
+        problem = "is empty; give a directory path" if not out.strip() else lab_config.dir_problem(Path(out))
+        if problem:
+            raise Exit(f"lab.render --out: {lab_config.shown(out)} {problem}", code=EXIT_CONFIG)
     try:
-        for path in render_all(cfg, Path(out) if out else cfg.state_dir):
+        for path in render_all(cfg, Path(out) if out is not None else cfg.state_dir):
             print(path)
     except LabError as exc:
         raise _fail(exc) from None
@@ -115,7 +128,7 @@ def kubeconfig(c):
     path = (cfg.state_dir / "kubeconfig").resolve()
     if not path.exists():
         raise Exit(f"no kubeconfig at {path}; run `invoke lab.up` (step kubeconfig) first", code=EXIT_FAILED)
-    print(f"export KUBECONFIG={path}")
+    print(f"export KUBECONFIG={shlex.quote(str(path))}")  # eval'd by a shell: quoted
 
 
 @task(help={"only": "run only these checks (comma-separated names)",
@@ -125,6 +138,7 @@ def kubeconfig(c):
             "e2e": "also run the upstream dual-stack e2e tests (needs hydrophone)"})
 def verify(c, only=None, layer=None, json=None, junit=None, e2e=False):
     """Prove, check by check, that the lab is dual-stack end to end."""
+    from . import pipeline  # noqa: PLC0415
     from . import verify as lab_verify  # noqa: PLC0415
     from .context import Context, State  # noqa: PLC0415
     from .remote import SshRunner  # noqa: PLC0415
@@ -139,7 +153,7 @@ def verify(c, only=None, layer=None, json=None, junit=None, e2e=False):
     try:
         if only:
             lab_verify.select(only, layer)
-        log = cfg.state_dir / "logs" / f"verify-{datetime.now():%Y%m%d-%H%M%S}.log"
+        log = pipeline.new_log(cfg.state_dir, "verify")
         ctx = Context(cfg, State(cfg.state_dir / "state.json"), SshRunner(ssh_config, log, "verify"), log)
         report = lab_verify.verify(ctx, only=only, layer=layer, json_path=json, junit_path=junit, e2e=e2e,
                                    kubeconfig=cfg.state_dir / "kubeconfig", out=sys.stdout)

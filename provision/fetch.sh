@@ -36,8 +36,9 @@ fetch_main() {
   trap "rm -f '$tmp'" EXIT
   for source in "${urls[@]}"; do
     log "+ curl $source"
-    # A stalled transfer (under 1 KiB/s for two minutes) fails, so the next URL is tried.
-    if ! curl -fsSL --retry 5 --retry-delay 3 --speed-limit 1024 --speed-time 120 -o "$tmp" "$source"; then
+    # A stalled transfer (under 1 KiB/s for two minutes) fails, so the next URL is tried;
+    # https only, redirects included (DSLAB_CURL).
+    if ! "${DSLAB_CURL[@]}" -fsSL --retry 5 --retry-delay 3 --speed-limit 1024 --speed-time 120 -o "$tmp" "$source"; then
       failures+=("$source: download failed")
       continue
     fi

@@ -15,6 +15,13 @@ set -euo pipefail
 . "${DSLAB_LIB:-$(dirname "${BASH_SOURCE[0]}")/lib.sh}"
 
 K8S_PACKAGES=(kubelet kubeadm kubectl)
+# The pkgs.k8s.io signing key ("isv:kubernetes OBS Project", the same key for the deb Release.key
+# and the rpm repomd.xml.key of every minor). The Kubernetes project publishes no fingerprint for it
+# (kubernetes/website#42718 asks for one); this is the fingerprint gpg shows for the key as served,
+# e.g. kubernetes/kubernetes#128609 (v1.26 and v1.27 Release.key), and a CentOS-family dnf import
+# of v1.36's repomd.xml.key ("Importing GPG key 0x9A296436 ... DE15 B144 ...").
+KUBERNETES_KEY_FINGERPRINT="DE15 B144 86CD 377B 9E87 6E1A 2346 54DA 9A29 6436"
+KUBERNETES_RPM_KEY=/etc/pki/rpm-gpg/RPM-GPG-KEY-dslab-kubernetes
 
 packages_current() {
   local family=$1 pkg
@@ -33,13 +40,16 @@ packages_current() {
 install_rpm() {
   local family=$1 repo="$KUBERNETES_REPO_BASE/v$KUBERNETES_MINOR/rpm/" pkg
   step "kubernetes repository"
+  # The install page's gpgkey=<repo>repodata/repomd.xml.key, fetched and checked against the pinned
+  # fingerprint first; dnf imports the local copy only.
+  pinned_key "${repo}repodata/repomd.xml.key" "$KUBERNETES_RPM_KEY" "$KUBERNETES_KEY_FINGERPRINT"
   if write_file /etc/yum.repos.d/kubernetes.repo 0644 <<EOF; then :; fi
 [kubernetes]
 name=Kubernetes
 baseurl=$repo
 enabled=1
 gpgcheck=1
-gpgkey=${repo}repodata/repomd.xml.key
+gpgkey=file://$KUBERNETES_RPM_KEY
 exclude=kubelet kubeadm kubectl cri-tools kubernetes-cni
 EOF
   step "kubernetes packages"
@@ -57,7 +67,7 @@ install_deb() {
   step "kubernetes repository"
   # The install page dearmors Release.key into kubernetes-apt-keyring.gpg; apt (Debian 12: 2.6)
   # reads the armoured key as it is from a *.asc file, so it is kept as downloaded (apt_asc_key).
-  apt_asc_key "${repo}Release.key" "$key"
+  apt_asc_key "${repo}Release.key" "$key" "$KUBERNETES_KEY_FINGERPRINT"
   local list_changed=0
   if write_file /etc/apt/sources.list.d/kubernetes.list 0644 <<EOF; then list_changed=1; fi
 deb [signed-by=$key] $repo /

@@ -104,23 +104,149 @@ write_file() {
   return 0
 }
 
-# apt_asc_key URL PATH: an apt repository's ASCII-armoured signing key at PATH (/etc/apt/keyrings/*.asc),
-# fetched once. apt >= 1.4 reads armoured keys from files named *.asc (apt-key(8), "Supported keyring
-# files"), signed-by included; the key must be readable by the _apt user (sources.list(5),
-# Signed-By). As Docker's Debian install page does: install -m 0755 -d /etc/apt/keyrings, then
-# chmod a+r the key. Kept armoured, no gpg --dearmor (no gnupg needed on the node).
+# DSLAB_CURL: curl that speaks https only, on the first request (--proto =https) and on every
+# redirect it follows (--proto-redir =https); "=" allows only the protocols listed (curl(1)).
+# Every download of the node scripts goes through it, so none is served over plain http.
+DSLAB_CURL=(curl --proto "=https" --proto-redir "=https")
+
+# pgp_fingerprints FILE: the fingerprint (40 upper-case hex digits, one a line) of every primary
+# public key in FILE, an ASCII-armoured OpenPGP key block. Uses coreutils only (gnupg is not on
+# every node). The file must hold exactly one armour block and nothing else outside it, so apt and
+# rpm read the same packets as this check does. A v4 fingerprint is the SHA-1 of 0x99, the two-octet
+# length of the public-key packet's body, and that body (RFC 4880 12.2); packet headers as in 4.2.
+# Returns 1 (with a reason on stderr) for anything else.
+pgp_fingerprints() {
+  local file=$1 bin i=0 n b tag len hdr body fp count=0
+  local -a octets=()
+  bin=$(mktemp) || return 1
+  # Armour (RFC 4880 6.2): BEGIN line, header lines up to an empty line, base64 lines, an optional
+  # "=" checksum line, END line.
+  if ! awk '
+    { sub(/\r$/, "") }
+    /^-----BEGIN PGP PUBLIC KEY BLOCK-----$/ { if (state) exit 2; state = 1; next }
+    state == 0 || state == 4 { if ($0 !~ /^[ \t]*$/) exit 3; next }
+    state == 1 { if ($0 == "") state = 2; else if ($0 !~ /^[A-Za-z]+: /) exit 4; next }
+    /^-----END PGP PUBLIC KEY BLOCK-----$/ { state = 4; next }
+    state == 3 { exit 5 }
+    /^=/ { state = 3; next }
+    { if ($0 !~ /^[A-Za-z0-9+\/=]+$/) exit 6; print }
+    END { if (state != 4) exit 7 }
+  ' "$file" | base64 -d >"$bin" 2>/dev/null; then
+    rm -f "$bin"
+    printf 'not a single ASCII-armoured OpenPGP public key block\n' >&2
+    return 1
+  fi
+  read -r -d '' -a octets < <(od -An -v -tu1 "$bin") || true
+  n=${#octets[@]}
+  while ((i < n)); do
+    b=${octets[i]}
+    if ((!(b & 0x80))); then
+      printf 'no OpenPGP packet at octet %s\n' "$i" >&2
+      rm -f "$bin"
+      return 1
+    fi
+    len=-1
+    if ((b & 0x40)); then # new-format header
+      tag=$((b & 0x3f))
+      b=${octets[i + 1]:-0}
+      if ((b < 192)); then
+        len=$b hdr=2
+      elif ((b < 224)); then
+        len=$((((b - 192) << 8) + ${octets[i + 2]:-0} + 192)) hdr=3
+      elif ((b == 255)); then
+        len=$(((${octets[i + 2]:-0} << 24) | (${octets[i + 3]:-0} << 16) | (${octets[i + 4]:-0} << 8) | ${octets[i + 5]:-0})) hdr=6
+      fi # else a partial length, which no key packet may have
+    else # old-format header
+      tag=$(((b >> 2) & 0x0f))
+      case $((b & 3)) in
+        0) len=${octets[i + 1]:-0} hdr=2 ;;
+        1) len=$(((${octets[i + 1]:-0} << 8) | ${octets[i + 2]:-0})) hdr=3 ;;
+        2) len=$(((${octets[i + 1]:-0} << 24) | (${octets[i + 2]:-0} << 16) | (${octets[i + 3]:-0} << 8) | ${octets[i + 4]:-0})) hdr=5 ;;
+      esac # 3: indeterminate length, likewise refused
+    fi
+    if ((len < 0 || i + hdr + len > n)); then
+      printf 'an OpenPGP packet at octet %s has no usable length\n' "$i" >&2
+      rm -f "$bin"
+      return 1
+    fi
+    if ((tag == 6)); then # a primary public key
+      body=$((i + hdr))
+      if ((octets[body] != 4 || len > 65535)); then
+        printf 'a primary key is not an OpenPGP version 4 key\n' >&2
+        rm -f "$bin"
+        return 1
+      fi
+      fp=$({ printf '%b' "\\x99\\x$(printf '%02x' $((len >> 8)))\\x$(printf '%02x' $((len & 255)))"
+        tail -c +$((body + 1)) "$bin" | head -c "$len"; } | sha1sum | cut -d' ' -f1)
+      printf '%s\n' "${fp^^}"
+      count=$((count + 1))
+    fi
+    i=$((i + hdr + len))
+  done
+  rm -f "$bin"
+  if ((count == 0)); then
+    printf 'no public key in it\n' >&2
+    return 1
+  fi
+}
+
+# key_is_pinned FILE FINGERPRINT...: every primary key in FILE has one of the FINGERPRINTs (hex,
+# spaces allowed); prints the reason when not.
+key_is_pinned() {
+  local file=$1 have fp f ok
+  shift
+  have=$(pgp_fingerprints "$file" 2>&1) || { printf '%s\n' "$have"; return 1; }
+  for fp in $have; do
+    ok=0
+    for f in "$@"; do
+      f=${f// /}
+      if [[ $fp == "${f^^}" ]]; then ok=1; fi
+    done
+    if ((!ok)); then
+      printf 'it holds key %s, which is not the pinned %s\n' "$fp" "$*"
+      return 1
+    fi
+  done
+}
+
+# pinned_key URL PATH FINGERPRINT...: the ASCII-armoured OpenPGP key at URL, saved at PATH (mode
+# 0644) only once every primary key in it has one of the pinned FINGERPRINTs. The download goes to a
+# temporary file that is removed unless it passes, so no package manager ever sees an unchecked
+# key. A PATH that already holds the pinned key is left alone (nothing is fetched); one that holds
+# anything else is replaced by the checked download.
+pinned_key() {
+  local url=$1 path=$2 tmp why
+  shift 2
+  if [[ -f $DSLAB_ROOT$path ]] && key_is_pinned "$DSLAB_ROOT$path" "$@" >/dev/null; then
+    return 0
+  fi
+  run install -m 0755 -d "$DSLAB_ROOT$(dirname "$path")"
+  tmp=$(mktemp "$DSLAB_ROOT$path.part.XXXXXX") || die "cannot create a temporary file beside $path"
+  log "+ ${DSLAB_CURL[*]} -fsSL --retry 5 -o $path $url"
+  if ! "${DSLAB_CURL[@]}" -fsSL --retry 5 -o "$tmp" "$url"; then
+    rm -f "$tmp"
+    die "cannot download the signing key $url"
+  fi
+  if ! why=$(key_is_pinned "$tmp" "$@"); then
+    rm -f "$tmp"
+    die "the signing key from $url is refused: $why (nothing was installed at $path)"
+  fi
+  chmod 0644 "$tmp" || die "cannot make $path readable"
+  mv -f "$tmp" "$DSLAB_ROOT$path" || die "cannot write $path"
+  log "installed the pinned signing key $path"
+}
+
+# apt_asc_key URL PATH FINGERPRINT...: an apt repository's ASCII-armoured signing key at PATH
+# (/etc/apt/keyrings/*.asc), checked against the pinned FINGERPRINTs (pinned_key). apt >= 1.4
+# reads armoured keys from files named *.asc (apt-key(8), "Supported keyring files"), signed-by
+# included; the key must be readable by the _apt user (sources.list(5), Signed-By): 0644, as
+# Docker's Debian install page has it (install -m 0755 -d /etc/apt/keyrings, chmod a+r the key).
+# Kept armoured, no gpg --dearmor (no gnupg needed on the node).
 apt_asc_key() {
   local url=$1 path=$2
+  shift 2
   [[ $path == *.asc ]] || die "apt reads an armoured key only from a file named *.asc (got $path)"
-  if [[ ! -f $DSLAB_ROOT$path ]]; then
-    run install -m 0755 -d "$DSLAB_ROOT$(dirname "$path")"
-    run curl -fsSL --retry 5 -o "$DSLAB_ROOT$path" "$url"
-  fi
-  if ! grep -q -- '-----BEGIN PGP PUBLIC KEY BLOCK-----' "$DSLAB_ROOT$path"; then
-    rm -f "$DSLAB_ROOT$path"
-    die "$url did not give an ASCII-armoured OpenPGP key (removed $path; apt would reject it)"
-  fi
-  chmod a+r "$DSLAB_ROOT$path" || die "cannot make $path readable"
+  pinned_key "$url" "$path" "$@"
 }
 
 # kubeadm_reset: undo a kubeadm init or join that did not complete, so it can run again.

@@ -5,8 +5,9 @@
 # already has its planned IPv4 from a DHCP reservation; it is found by that address. The
 # IPv4 configuration of the NIC is never touched.
 #
-# Reads: NODE_NAME NODE_IPV4 NODE_IPV6 NODE_IPV6_PREFIXLEN GATEWAY_IPV6
-# At machine creation Vagrant uploads lib.sh first and names it in DSLAB_LIB.
+# Reads: NODE_NAME NODE_IPV4 NODE_IPV6 NODE_IPV6_PREFIXLEN GATEWAY_IPV6 (from ENV_FILE)
+# At machine creation Vagrant uploads lib.sh (named in DSLAB_LIB) and the node's env file
+# (nodes/<name>.env), and runs this script with that file as its argument.
 set -euo pipefail
 
 # shellcheck source=provision/lib.sh

@@ -2,7 +2,8 @@
 # prepare.sh [ENV_FILE]: what kubeadm and kube-proxy (IPVS mode) need of the node.
 #
 # Swap off for good, SELinux permissive (EL), firewalld off, kernel modules, sysctls, and
-# the tools kubeadm's preflight and kube-proxy use. Every action checks first.
+# the tools kubeadm's preflight and kube-proxy use; the box's passwords locked and ssh
+# password login off. Every action checks first.
 #
 # Reads: KUBE_PROXY_MODE (default ipvs), CENTOS_VAULT_URL (EL7 only)
 set -euo pipefail
@@ -156,6 +157,79 @@ sysctls() {
   done
 }
 
+# The box's vagrant and root passwords (often "vagrant") are locked: nobody logs in with them.
+# Vagrant keeps logging in as vagrant with its key: sshd refuses a locked account ("!" in
+# /etc/shadow) only when it runs without PAM (OpenSSH auth.c, allowed_user), and the boxes'
+# sshd runs with UsePAM yes; where it does not (or cannot say), vagrant's password is left.
+# `passwd -S` first: its second field is L (shadow-utils, Debian) or LK (EL) once locked.
+password_locked() {
+  local status
+  status=$(passwd -S "$1" 2>/dev/null) || return 2
+  read -r _ status _ <<<"$status"
+  [[ $status == L || $status == LK ]]
+}
+
+sshd_uses_pam() {
+  [[ -f $DSLAB_ROOT/etc/ssh/sshd_config ]] || return 0 # no OpenSSH server: no key login to keep
+  sshd -T 2>/dev/null | grep -qix 'usepam yes'
+}
+
+lock_passwords() {
+  local user rc
+  step "lock passwords"
+  for user in root vagrant; do
+    rc=0
+    password_locked "$user" || rc=$?
+    case $rc in
+      0) continue ;;
+      2)
+        log "no user $user"
+        continue
+        ;;
+    esac
+    if [[ $user == vagrant ]] && ! sshd_uses_pam; then
+      warn "sshd does not run with PAM: locking vagrant's password would refuse Vagrant's key login; left as it is"
+      continue
+    fi
+    run usermod -L "$user"
+  done
+}
+
+# ssh password login off. sshd takes the first value it reads for a keyword; EL9 and Debian 12
+# include sshd_config.d/*.conf at the top of sshd_config (in name order, so 01- comes before a
+# 50-cloud-init.conf that allows passwords). EL7's OpenSSH 7.4 has no Include: the settings go
+# at the top of sshd_config itself, between dslab's marker lines. Keyboard-interactive goes too
+# (with PAM it asks for the password); 7.4 knows it as ChallengeResponseAuthentication only.
+# Checked with `sshd -t` before sshd reloads, and only when something changed.
+ssh_no_passwords() {
+  local family=$1 main=$DSLAB_ROOT/etc/ssh/sshd_config changed=1 content unit=sshd
+  step "ssh password login"
+  if [[ ! -f $main ]]; then
+    log "no sshd_config: no OpenSSH server"
+    return 0
+  fi
+  if grep -Eqi '^[[:space:]]*Include[[:space:]]+/etc/ssh/sshd_config\.d/\*\.conf([[:space:]]|$)' "$main"; then
+    if write_file /etc/ssh/sshd_config.d/01-dslab.conf 0600 <<'EOF'; then changed=0; fi
+# dslab: key login only
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+EOF
+  else
+    content=$(
+      printf '%s\n' "# dslab: begin (key login only)" "PasswordAuthentication no" \
+        "ChallengeResponseAuthentication no" "# dslab: end"
+      awk '/^# dslab: begin/ { skip = 1; next } skip && /^# dslab: end/ { skip = 0; next } !skip' "$main"
+    )
+    if write_file /etc/ssh/sshd_config 0600 <<<"$content"; then changed=0; fi
+  fi
+  ((changed == 0)) || return 0
+  run sshd -t
+  if [[ $family == debian ]]; then unit=ssh; fi
+  if unit_active "$unit"; then
+    run systemctl reload "$unit"
+  fi
+}
+
 main() {
   load_env "${1:-}"
   local family
@@ -177,6 +251,8 @@ main() {
   networkmanager_calico
   kernel_modules
   sysctls
+  lock_passwords
+  ssh_no_passwords "$family"
   step "done"
   log "node prepared"
 }

@@ -11,22 +11,36 @@ set -euo pipefail
 # shellcheck source=provision/lib.sh
 . "${DSLAB_LIB:-$(dirname "${BASH_SOURCE[0]}")/lib.sh}"
 
-# Docker's package repository for the OS (rpm: its .repo file; deb: key + list).
+# The fingerprints of Docker's repository signing keys, as Docker's install pages publish them:
+# docker/docs engine/install/debian.md @b39a6c26d6de778fd83ff91739a0dbb02e8fd9e5 (debian/gpg,
+# "Docker Release (CE deb)") and content/manuals/engine/install/centos.md
+# @26aaea63a4db491c05d6b535d9749bf492898a76 (centos/gpg, "Docker Release (CE rpm)").
+DOCKER_DEB_KEY_FINGERPRINT="9DC8 5822 9FC7 DD38 854A E2D8 8D81 803C 0EBF CD88"
+DOCKER_RPM_KEY_FINGERPRINT="060A 61C5 1B55 8A7F 742B 77AA C52F EB6B 621E 9F35"
+DOCKER_RPM_KEY=/etc/pki/rpm-gpg/RPM-GPG-KEY-dslab-docker-ce
+
+# Docker's package repository for the OS (rpm: key + .repo file; deb: key + list).
 docker_repo() {
   local family=$1 codename
   case "$family" in
     el7 | el9)
-      # What `dnf config-manager --add-repo <base>/centos/docker-ce.repo` (CentOS Stream 9's
-      # dnf4, docker/docs centos.md) and `yum-config-manager --add-repo` (EL7) do: save that file
-      # as /etc/yum.repos.d/docker-ce.repo. Done with curl, so no dnf-plugins-core/yum-utils.
-      if [[ ! -f $DSLAB_ROOT/etc/yum.repos.d/docker-ce.repo ]]; then
-        mkdir -p "$DSLAB_ROOT/etc/yum.repos.d"
-        run curl -fsSL --retry 5 -o "$DSLAB_ROOT/etc/yum.repos.d/docker-ce.repo" "$DOCKER_REPO_BASE/centos/docker-ce.repo"
-      fi
+      # The stable section of the docker-ce.repo that `dnf config-manager --add-repo
+      # <base>/centos/docker-ce.repo` (docker/docs centos.md) would save, written here instead of
+      # fetched from the repository it configures, with the key as a local file already checked
+      # against its pinned fingerprint: yum/dnf import only that key (gpgkey=file://).
+      pinned_key "$DOCKER_REPO_BASE/centos/gpg" "$DOCKER_RPM_KEY" "$DOCKER_RPM_KEY_FINGERPRINT"
+      if write_file /etc/yum.repos.d/docker-ce.repo 0644 <<EOF; then :; fi
+[docker-ce-stable]
+name=Docker CE Stable - \$basearch
+baseurl=$DOCKER_REPO_BASE/centos/\$releasever/\$basearch/stable
+enabled=1
+gpgcheck=1
+gpgkey=file://$DOCKER_RPM_KEY
+EOF
       ;;
     debian)
       # docker/docs content/manuals/engine/install/debian.md: key at /etc/apt/keyrings/docker.asc.
-      apt_asc_key "$DOCKER_REPO_BASE/debian/gpg" /etc/apt/keyrings/docker.asc
+      apt_asc_key "$DOCKER_REPO_BASE/debian/gpg" /etc/apt/keyrings/docker.asc "$DOCKER_DEB_KEY_FINGERPRINT"
       # shellcheck source=/dev/null
       codename=$(. "$DSLAB_ROOT/etc/os-release" && printf '%s' "${VERSION_CODENAME:-bookworm}")
       if write_file /etc/apt/sources.list.d/docker.list 0644 <<EOF; then run env DEBIAN_FRONTEND=noninteractive apt-get update; fi

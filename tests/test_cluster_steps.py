@@ -97,7 +97,7 @@ class FakeNodes:
         self.answers = answers  # list of (predicate on argv, Result or callable)
         self.calls = []
 
-    def run(self, node, command, *, input=None, timeout=None, check=True):
+    def run(self, node, command, *, input=None, timeout=None, check=True, secret=False):
         argv = list(command) if not isinstance(command, str) else [command]
         self.calls.append((node, argv))
         words = argv[3:] if argv[:1] == ["kubectl"] else argv

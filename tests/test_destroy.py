@@ -1,19 +1,27 @@
-"""What destroy considers the lab's own, on libvirt's test driver loaded from a node file."""
+"""What destroy considers the lab's own, on libvirt's test driver (a node file, or the shared
+``test:///default`` kept open by the test so every connection sees the same objects)."""
 
 from __future__ import annotations
 
+import shutil
+import uuid as uuidlib
+
 import pytest
 
-from lab import config, destroy, render
+from lab import config, destroy, identity, network, render, statedir
 
 BOX_VOLUME = "centos-stream-9_vagrant_box_image_0_box.img"
+SHARED = "test:///default"
 
 
-def domain(name, network, disks):
+def domain(name, network_name, disks, lab_id=None, description=None):
     disk_xml = "".join(f"<disk type='file' device='disk'><source file='/pool/{d}'/><target dev='vd{chr(97 + i)}'/></disk>"
                        for i, d in enumerate(disks))
-    return (f"<domain type='test'><name>{name}</name><memory>1048576</memory><os><type>hvm</type></os>"
-            f"<devices>{disk_xml}<interface type='network'><source network='{network}'/></interface></devices></domain>")
+    text = description if description is not None else (identity.description(name.split("_")[0], lab_id)
+                                                        if lab_id else "")
+    return (f"<domain type='test'><name>{name}</name><description>{text}</description><memory>1048576</memory>"
+            f"<os><type>hvm</type></os><devices>{disk_xml}<interface type='network'><source network='{network_name}'/>"
+            "</interface></devices></domain>")
 
 
 def volume(name, backing=None):
@@ -22,21 +30,35 @@ def volume(name, backing=None):
             f"<target><path>/pool/{name}</path></target>{back}</volume>")
 
 
+def lab_at(tmp_path, sub, **extra):
+    """A lab config with its state directory, marked and holding its id (as `lab.up` leaves it)."""
+    cfg = config.load({"state_dir": str(tmp_path / sub), **extra})
+    identity.ensure_id(cfg)
+    return cfg, identity.recorded_id(cfg.state_dir)
+
+
 @pytest.fixture()
 def host(tmp_path):
-    """A libvirt host with the lab, a stranger that shares the lab's prefix, and another lab."""
+    """A libvirt host (node file) with the lab, a stranger that shares the lab's prefix, and another lab."""
+    cfg, lab_id = lab_at(tmp_path, "state", libvirt_uri="test:///placeholder")
+    other_id = str(uuidlib.uuid4())
     nodes = [
-        domain("dslab_k8s-master01", "dslab_net", ["dslab_k8s-master01.img", BOX_VOLUME]),
-        domain("dslab_k8s-worker01", "dslab_net", ["dslab_k8s-worker01.img"]),
-        domain("dslab_k8s-worker03", "dslab_net", ["dslab_k8s-worker03.img"]),   # from an earlier, larger lab
-        domain("dslab_default", "vagrant-libvirt", ["dslab_default.img"]),        # another Vagrant project
-        domain("other_k8s-master01", "other_net", ["other_k8s-master01.img", BOX_VOLUME]),
+        # master01 carries a disk the user attached by hand, named like vagrant-libvirt's extra disks.
+        domain("dslab_k8s-master01", "dslab_net", ["dslab_k8s-master01.img", "dslab_k8s-master01-vdb.qcow2"], lab_id),
+        domain("dslab_k8s-worker01", "dslab_net", ["dslab_k8s-worker01.img", "dslab_k8s-worker01_1.img"], lab_id),
+        domain("dslab_k8s-worker03", "dslab_net", ["dslab_k8s-worker03.img"], lab_id),  # from an earlier, larger lab
+        domain("dslab_default", "vagrant-libvirt", ["dslab_default.img"]),               # another Vagrant project
+        domain("other_k8s-master01", "other_net", ["other_k8s-master01.img"], other_id),
     ]
-    volumes = [volume("dslab_k8s-master01.img", BOX_VOLUME), volume("dslab_k8s-worker01.img"),
+    volumes = [volume("dslab_k8s-master01.img", BOX_VOLUME), volume("dslab_k8s-master01-vdb.qcow2"),
+               volume("dslab_k8s-worker01.img"), volume("dslab_k8s-worker01_1.img"),
                volume("dslab_k8s-worker03.img"), volume("dslab_k8s-worker02.img"),  # domain already gone
+               volume("dslab_k8s-master01.img.bak"),                                  # the user's copy
                volume("dslab_default.img"), volume("other_k8s-master01.img", BOX_VOLUME), volume(BOX_VOLUME)]
-    networks = [f"<network><name>{n}</name><bridge name='br{i}'/><ip address='10.{i}.0.1' netmask='255.255.255.0'/>"
-                "</network>" for i, n in enumerate(("dslab_net", "other_net", "vagrant-libvirt", "dslab"), start=1)]
+    uuids = {"dslab_net": lab_id, "other_net": other_id}
+    networks = [f"<network><name>{n}</name>{f'<uuid>{uuids[n]}</uuid>' if n in uuids else ''}<bridge name='br{i}'/>"
+                f"<ip address='10.{i}.0.1' netmask='255.255.255.0'/></network>"
+                for i, n in enumerate(("dslab_net", "other_net", "vagrant-libvirt", "dslab"), start=1)]
     node = (f"<node>{''.join(nodes)}{''.join(networks)}<pool type='dir'><name>default</name>"
             f"<target><path>/pool</path></target>{''.join(volumes)}</pool></node>")
     path = tmp_path / "node.xml"
@@ -46,14 +68,12 @@ def host(tmp_path):
 
 def test_leftovers_are_exactly_the_labs(host, tmp_path):
     cfg = config.load({"libvirt_uri": host, "state_dir": str(tmp_path / "state")})
-    from lab.network import connect
-
-    with connect(host) as conn:
+    with network.connect(host) as conn:
         found = destroy.libvirt_leftovers(cfg, conn)
     assert found == {
         "domains": ["dslab_k8s-master01", "dslab_k8s-worker01", "dslab_k8s-worker03"],
-        "volumes": ["dslab_k8s-master01.img", "dslab_k8s-worker01.img", "dslab_k8s-worker02.img",
-                    "dslab_k8s-worker03.img"],
+        "volumes": ["dslab_k8s-master01.img", "dslab_k8s-worker01.img", "dslab_k8s-worker01_1.img",
+                    "dslab_k8s-worker02.img", "dslab_k8s-worker03.img"],
         "networks": ["dslab_net"],
     }
 
@@ -61,13 +81,201 @@ def test_leftovers_are_exactly_the_labs(host, tmp_path):
 def test_destroy_removes_the_lab_and_nothing_else(host, tmp_path):
     cfg = config.load({"libvirt_uri": host, "state_dir": str(tmp_path / "state")})
     render.render_all(cfg, cfg.state_dir)
-    removed = destroy.destroy(cfg, tmp_path / "destroy.log", report=lambda line: None)
+    lines = []
+    removed = destroy.destroy(cfg, tmp_path / "destroy.log", report=lines.append)
     assert sorted(removed["domains"]) == ["dslab_k8s-master01", "dslab_k8s-worker01", "dslab_k8s-worker03"]
-    # Its disks; the box image stays: another lab's disk is still backed by it.
+    # Its disks; not the user's disk on master01 nor their copy; the box image stays: another lab's
+    # disk is still backed by it.
     assert sorted(removed["volumes"]) == ["dslab_k8s-master01.img", "dslab_k8s-worker01.img",
-                                          "dslab_k8s-worker02.img", "dslab_k8s-worker03.img"]
+                                          "dslab_k8s-worker01_1.img", "dslab_k8s-worker02.img",
+                                          "dslab_k8s-worker03.img"]
     assert removed["networks"] == ["dslab_net"]    # not "dslab", "other_net" or "vagrant-libvirt"
+    assert ("dslab_k8s-master01: disk /pool/dslab_k8s-master01-vdb.qcow2 was not made by vagrant-libvirt "
+            "for it: detached and kept") in lines
     assert not cfg.state_dir.exists()
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("dslab_k8s-master01.img", True),
+    ("dslab_k8s-master01_2.img", True),
+    ("dslab_k8s-master01-vdb.qcow2", False),   # an additional disk: the lab's Vagrantfile makes none
+    ("dslab_k8s-master01_0.img", False),
+    ("dslab_k8s-master01.img.bak", False),
+    ("xdslab_k8s-master01.img", False),
+    ("dslab_k8s-master011.img", False),
+])
+def test_only_names_vagrant_libvirt_gives_box_disks_are_the_labs(name, expected):
+    assert destroy.vagrant_volume(name, ["dslab_k8s-master01"]) is expected
+
+
+# ------------------------------------------------------------------ one host, two checkouts
+
+
+class Host:
+    """The shared test:///default host, with a pool the test makes and removes again."""
+
+    def __init__(self, conn, pool_name):
+        self.conn = conn
+        self.pool = conn.storagePoolDefineXML(
+            f"<pool type='dir'><name>{pool_name}</name><target><path>/{pool_name}</path></target></pool>", 0)
+        self.pool.create(0)
+        self.path = f"/{pool_name}"
+
+    def volume(self, name, backing=None):
+        back = (f"<backingStore><path>{self.path}/{backing}</path><format type='qcow2'/></backingStore>"
+                if backing else "")
+        self.pool.createXML(f"<volume><name>{name}</name><capacity>1000</capacity>{back}</volume>", 0)
+
+    def domain(self, name, network_name, disks, description):
+        disk_xml = "".join(f"<disk type='file' device='disk'><source file='{self.path}/{d}'/>"
+                           f"<target dev='vd{chr(97 + i)}'/></disk>" for i, d in enumerate(disks))
+        dom = self.conn.defineXML(
+            f"<domain type='test'><name>{name}</name><description>{description}</description><memory>1024</memory>"
+            f"<os><type>hvm</type></os><devices>{disk_xml}<interface type='network'>"
+            f"<source network='{network_name}'/></interface></devices></domain>")
+        dom.create()
+
+    def build_lab(self, cfg, lab_id, box=BOX_VOLUME):
+        """What `lab.up` leaves: the network, a running domain per node on the box, its disk."""
+        network.ensure_network(cfg, self.conn, lab_id)
+        if box not in self.volume_names():
+            self.volume(box)
+        for node in cfg.nodes:
+            name = cfg.domain_name(node)
+            self.volume(f"{name}.img", box)
+            self.domain(name, cfg.network_name, [f"{name}.img"], identity.description(cfg.name, lab_id))
+
+    def volume_names(self):
+        self.pool.refresh(0)
+        return sorted(v.name() for v in self.pool.listAllVolumes(0))
+
+    def domain_names(self):
+        return sorted(d.name() for d in self.conn.listAllDomains(0))
+
+    def network_uuids(self):
+        return {n.name(): n.UUIDString() for n in self.conn.listAllNetworks(0)}
+
+    def clean(self):
+        for dom in self.conn.listAllDomains(0):
+            if dom.name() != "test":
+                if dom.isActive():
+                    dom.destroy()
+                dom.undefine()
+        for net in self.conn.listAllNetworks(0):
+            if net.name() != "default":
+                if net.isActive():
+                    net.destroy()
+                net.undefine()
+        for vol in self.pool.listAllVolumes(0):
+            vol.delete(0)
+        self.pool.destroy()
+        self.pool.undefine()
+
+
+@pytest.fixture()
+def shared(request):
+    name = "dslabpool" + uuidlib.uuid4().hex[:8]
+    with network.connect(SHARED) as conn:
+        host = Host(conn, name)
+        try:
+            yield host
+        finally:
+            host.clean()
+
+
+#: Another lab on the same host, with its own name and ranges.
+OTHER_LAB = {"name": "other", "network_ipv4": "192.168.201.0/24", "network_ipv6": "fd00:db2::/64",
+             "dhcp_ipv4_range": "192.168.201.100-192.168.201.139", "dhcp_ipv6_range": "fd00:db2::1000-fd00:db2::10ff",
+             "metallb_ipv4_range": "192.168.201.240-192.168.201.250",
+             "metallb_ipv6_range": "fd00:db2::240-fd00:db2::250",
+             "external_ipv4": "192.168.201.145", "external_ipv6": "fd00:db2::120"}
+
+
+def shared_lab(tmp_path, sub, shared, **extra):
+    return lab_at(tmp_path, sub, libvirt_uri=SHARED, storage_pool=shared.pool.name(), **extra)
+
+
+@pytest.mark.parametrize("second_state", ["its own state", "no state at all", "rendered"])
+def test_a_second_checkout_with_the_same_lab_name_leaves_the_first_lab_whole(shared, tmp_path, second_state):
+    first, first_id = shared_lab(tmp_path, "first", shared)
+    shared.build_lab(first, first_id)
+    shared.volume("mine.qcow2")  # a disk the user attached to the first lab's control plane
+    dom = shared.conn.lookupByName(first.domain_name(first.control_plane))
+    xml = dom.XMLDesc(0).replace("</devices>", f"<disk type='file' device='disk'><source file='{shared.path}/mine.qcow2'/>"
+                                               "<target dev='vdz'/></disk></devices>")
+    shared.conn.defineXML(xml)
+    before = (shared.domain_names(), shared.volume_names(), shared.network_uuids())
+
+    second = config.load({"libvirt_uri": SHARED, "storage_pool": shared.pool.name(),
+                          "state_dir": str(tmp_path / "second")})
+    if second_state == "its own state":
+        identity.ensure_id(second)
+    elif second_state == "rendered":
+        render.render_all(second, second.state_dir)
+    lines = []
+    removed = destroy.destroy(second, tmp_path / "d.log", report=lines.append)
+
+    assert removed == {"domains": [], "volumes": [], "networks": []}
+    assert (shared.domain_names(), shared.volume_names(), shared.network_uuids()) == before
+    assert len(lines) == 1 and lines[0].startswith("lab.name: ") and "not this lab's" in lines[0]
+    for node in first.nodes:
+        assert first.domain_name(node) in lines[0]
+    assert first.network_name in lines[0]
+    with pytest.raises(Exception, match="lab.name: libvirt network dslab_net exists but is not this lab's"):
+        network.ensure_network(second, shared.conn)
+    assert shared.network_uuids()[first.network_name] == first_id
+
+    # The first lab's own destroy removes all of it, but the user's disk and (still used elsewhere) nothing more.
+    removed = destroy.destroy(first, tmp_path / "d.log", report=lines.append)
+    assert sorted(removed["domains"]) == sorted(first.domain_name(n) for n in first.nodes)
+    assert first.network_name in removed["networks"]
+    assert shared.volume_names() == ["mine.qcow2"]   # the box image too: nothing is backed by it any more
+    assert [d for d in shared.domain_names() if d != "test"] == []
+
+
+def test_destroy_after_the_state_directory_was_deleted_finds_its_own_objects_only(shared, tmp_path):
+    lab, lab_id = shared_lab(tmp_path, "lab", shared)
+    shared.build_lab(lab, lab_id)
+    other, other_id = shared_lab(tmp_path, "other", shared, **OTHER_LAB)
+    shared.build_lab(other, other_id)
+    shared.volume("dslab_stranger.img")
+    shared.domain("dslab_stranger", "vagrant-libvirt", ["dslab_stranger.img"], "Source: /elsewhere/Vagrantfile")
+    shutil.rmtree(lab.state_dir)  # .vagrant and state.json with it
+
+    with network.connect(SHARED) as conn:
+        assert destroy.libvirt_leftovers(lab, conn)["domains"] == sorted(lab.domain_name(n) for n in lab.nodes)
+    lines = []
+    removed = destroy.destroy(lab, tmp_path / "d.log", report=lines.append)
+    assert sorted(removed["domains"]) == sorted(lab.domain_name(n) for n in lab.nodes)
+    assert removed["networks"] == [lab.network_name]
+    assert lines == []
+    assert not lab.state_dir.exists()   # destroy never made the directory it found gone
+    assert sorted(d for d in shared.domain_names() if d != "test") == sorted(
+        [other.domain_name(n) for n in other.nodes] + ["dslab_stranger"])
+    assert shared.volume_names() == sorted([BOX_VOLUME, "dslab_stranger.img"]
+                                           + [f"{other.domain_name(n)}.img" for n in other.nodes])
+    assert shared.network_uuids()[other.network_name] == other_id
+
+
+def test_vagrant_is_not_run_on_machines_of_another_lab(shared, tmp_path, monkeypatch):
+    first, first_id = shared_lab(tmp_path, "first", shared, **OTHER_LAB)
+    shared.build_lab(first, first_id)
+    copy, _ = shared_lab(tmp_path, "copy", shared)
+    # A .vagrant copied from another lab's state directory, naming that lab's machine.
+    dom = shared.conn.lookupByName(first.domain_name(first.control_plane))
+    id_file = copy.state_dir / ".vagrant" / "machines" / first.control_plane.name / "libvirt" / "id"
+    id_file.parent.mkdir(parents=True)
+    id_file.write_text(dom.UUIDString())
+    calls = []
+    monkeypatch.setattr(destroy.machines, "destroy", lambda cfg, log: calls.append(cfg.state_dir))
+    lines = []
+    destroy.destroy(copy, tmp_path / "d.log", report=lines.append)
+    assert calls == []
+    assert any("vagrant destroy skipped" in line for line in lines), lines
+    assert first.domain_name(first.control_plane) in shared.domain_names()
+
+
+# ------------------------------------------------------------------ the state directory
 
 
 def test_a_directory_without_the_marker_is_never_cleaned(tmp_path):
@@ -89,6 +297,37 @@ def test_marked_directory_keeps_what_the_lab_did_not_write(tmp_path):
     assert not (cfg.state_dir / "Vagrantfile").exists()
 
 
+def test_destroy_removes_only_the_files_the_lab_recorded_writing(tmp_path):
+    cfg = config.load({"state_dir": str(tmp_path / "state")})
+    written = render.render_all(cfg, cfg.state_dir)
+    lab_log = cfg.state_dir / "logs" / "up-20250101-000000.log"
+    lab_log.parent.mkdir()
+    lab_log.write_text("the lab's\n")
+    statedir.record(cfg.state_dir, [lab_log])
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "kept.log").write_text("not the lab's")
+    mine = {"logs/diary.txt": "mine", "manifests/my-app.yaml": "kind: Mine\n", "nodes/notes": "mine"}
+    for rel, text in mine.items():
+        (cfg.state_dir / rel).write_text(text)
+    # A manifest entry that leads out of the state directory is never followed.
+    with open(cfg.state_dir / statedir.MANIFEST, "a") as handle:
+        handle.write("../outside/kept.log\n")
+    (cfg.state_dir / "elsewhere").symlink_to(outside)
+    with open(cfg.state_dir / statedir.MANIFEST, "a") as handle:
+        handle.write("elsewhere/kept.log\n")
+
+    destroy.remove_state(cfg.state_dir)
+
+    assert not lab_log.exists()
+    assert not any(p.exists() for p in written)
+    for rel, text in mine.items():
+        assert (cfg.state_dir / rel).read_text() == text
+    assert (outside / "kept.log").read_text() == "not the lab's"
+    assert (cfg.state_dir / statedir.MARKER).is_file()   # still the lab's, so a later `lab.up` may use it
+    assert not (cfg.state_dir / "state.json").exists()
+
+
 def test_expected_libvirt_errors_print_nothing():
     """Looking up what does not exist yet is routine; libvirt's own handler must not print it."""
     import subprocess
@@ -107,3 +346,31 @@ def test_expected_libvirt_errors_print_nothing():
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.split()) == 3  # each lookup did fail, as a libvirtError
     assert proc.stderr == ""
+
+
+def test_machines_carry_the_labs_id_in_their_libvirt_description(tmp_path):
+    """vagrant-libvirt's ``description`` option (its config.rb; domain.xml.erb puts it in
+    ``<description>``), with the id of the lab's state; Vagrant knows the option."""
+    import os
+    import subprocess
+
+    if shutil.which("vagrant") is None:
+        pytest.skip("vagrant is not installed")
+    cfg = config.load({"state_dir": str(tmp_path / "lab")})
+    render.render_all(cfg, cfg.state_dir)
+    lab_id = identity.recorded_id(cfg.state_dir)
+    text = (cfg.state_dir / "Vagrantfile").read_text()
+    line = f'    libvirt.description = "{identity.description(cfg.name, lab_id)}"\n'
+    assert line in text
+    assert identity.id_in(identity.description(cfg.name, lab_id)) == lab_id
+    env = dict(os.environ, VAGRANT_HOME=str(tmp_path / "vagrant.d"), VAGRANT_DEFAULT_PROVIDER="libvirt",
+               VAGRANT_CHECKPOINT_DISABLE="1")
+
+    def validate():
+        return subprocess.run(["vagrant", "validate"], cwd=cfg.state_dir, env=env, capture_output=True, text=True,
+                              timeout=300)
+
+    assert validate().returncode == 0
+    (cfg.state_dir / "Vagrantfile").write_text(text.replace("libvirt.description", "libvirt.descriptionx"))
+    misspelt = validate()
+    assert misspelt.returncode != 0 and "descriptionx" in misspelt.stdout + misspelt.stderr

@@ -8,7 +8,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from lab import config, destroy, network, render
+from lab import config, destroy, identity, network, render
+from lab.context import State
+from lab.errors import LabError
 
 LAB = "dslabnet"
 DNS_WAIT_S = 30
@@ -53,6 +55,83 @@ def test_clashes_with_host_ranges(taken, expected):
         assert found == []
     else:
         assert len(found) == 1 and found[0].startswith(expected), found
+
+
+# ------------------------------------------------------------------ ownership, on libvirt's test driver
+
+SHARED = "test:///default"
+
+
+@pytest.fixture()
+def test_host():
+    """test:///default, held open so every connection of the test sees the same objects."""
+    with network.connect(SHARED) as conn:
+        try:
+            yield conn
+        finally:
+            for dom in conn.listAllDomains(0):
+                if dom.name() != "test":
+                    if dom.isActive():
+                        dom.destroy()
+                    dom.undefine()
+            for net in conn.listAllNetworks(0):
+                if net.name() != "default":
+                    if net.isActive():
+                        net.destroy()
+                    net.undefine()
+
+
+def test_network_carries_the_labs_id_as_its_uuid(test_host, tmp_path):
+    cfg = lab_config(tmp_path, libvirt_uri=SHARED)
+    assert network.ensure_network(cfg, test_host) == "defined"
+    lab_id = identity.recorded_id(cfg.state_dir)
+    assert identity.valid(lab_id)
+    assert test_host.networkLookupByName(cfg.network_name).UUIDString() == lab_id
+    assert ET.fromstring(render.artifacts(cfg, State(cfg.state_dir / "state.json"))["network.xml"]).findtext("uuid") \
+        == lab_id
+    assert network.ensure_network(cfg, test_host) == "kept"
+    assert network.ensure_network(lab_config(tmp_path, libvirt_uri=SHARED, workers=3), test_host) == "replaced"
+    assert test_host.networkLookupByName(cfg.network_name).UUIDString() == lab_id
+
+
+@pytest.mark.parametrize("machines", ["none", "stopped", "running"])
+@pytest.mark.parametrize("active", [True, False])
+def test_a_same_named_network_of_another_lab_is_never_replaced(test_host, tmp_path, machines, active):
+    first = lab_config(tmp_path / "first", libvirt_uri=SHARED)
+    network.ensure_network(first, test_host)
+    net = test_host.networkLookupByName(first.network_name)
+    before = net.XMLDesc(0)
+    if machines != "none":
+        dom = test_host.defineXML(
+            f"<domain type='test'><name>{first.domain_name(first.control_plane)}</name><memory>1024</memory>"
+            f"<os><type>hvm</type></os><devices><interface type='network'><source network='{first.network_name}'/>"
+            "</interface></devices></domain>")
+        if machines == "running":
+            dom.create()
+    if not active:
+        net.destroy()
+    second = lab_config(tmp_path / "second", libvirt_uri=SHARED, workers=3)   # another definition, too
+    with pytest.raises(LabError) as raised:
+        network.ensure_network(second, test_host)
+    assert str(raised.value).startswith(f"lab.name: libvirt network {first.network_name} exists but is not this lab's")
+    assert "\n" not in str(raised.value)
+    net = test_host.networkLookupByName(first.network_name)
+    assert net.UUIDString() == identity.recorded_id(first.state_dir)
+    assert bool(net.isActive()) == active
+    assert ET.tostring(ET.fromstring(net.XMLDesc(0)).find("ip")) == ET.tostring(ET.fromstring(before).find("ip"))
+    # ... and the second checkout's destroy leaves it too.
+    assert network.delete_network(second, test_host) is False
+    assert test_host.networkLookupByName(first.network_name).UUIDString() == identity.recorded_id(first.state_dir)
+
+
+def test_a_network_without_the_labs_id_is_not_the_labs(test_host, tmp_path):
+    """A network of the lab's name made by hand (or by a lab without an id) is left alone."""
+    cfg = lab_config(tmp_path, libvirt_uri=SHARED)
+    test_host.networkDefineXML(network.network_xml(cfg))
+    with pytest.raises(LabError, match="is not this lab's"):
+        network.ensure_network(cfg, test_host)
+    assert network.delete_network(cfg, test_host) is False
+    assert cfg.network_name in [n.name() for n in test_host.listAllNetworks(0)]
 
 
 # ------------------------------------------------------------------ real libvirtd
@@ -114,8 +193,7 @@ def test_lab_network_on_real_libvirtd_answers_both_families_and_is_destroyed(lib
     assert dig(libvirtd, str(cfg.gateway_ipv4), f"nothing.{cfg.domain}", "A") == []
 
     libvirtd.run(["ip", "link", "del", "dslabt-port"])
-    render.mark_state_dir(cfg.state_dir, cfg)
-    (cfg.state_dir / "network.xml").write_text(network.network_xml(cfg))
+    render.render_all(cfg, cfg.state_dir)
     removed = destroy.destroy(cfg, tmp_path / "destroy.log", report=lambda line: None)
     assert removed["networks"] == [cfg.network_name]
     assert cfg.network_name not in libvirtd.networks()

@@ -32,12 +32,13 @@ STUB = Path(__file__).resolve().parent / "stubs" / "stub.py"
 STUBBED = [
     "dnf", "yum", "apt-get", "apt-mark", "dpkg-query", "rpm", "systemctl", "modprobe", "sysctl",
     "swapoff", "setenforce", "getenforce", "kubeadm", "kubectl", "nmcli", "ip", "hostnamectl",
+    "passwd", "usermod", "sshd",
 ]
 #: Real tools the scripts may use; everything else is absent from PATH.
 REAL_TOOLS = [
     "bash", "env", "cat", "awk", "sed", "grep", "cut", "tr", "wc", "mktemp", "mkdir", "install",
     "cmp", "rm", "mv", "chmod", "basename", "dirname", "tar", "gzip", "sha256sum", "sha512sum",
-    "python3", "head", "sort", "ls", "cp", "ln", "touch", "date",
+    "python3", "head", "sort", "ls", "cp", "ln", "touch", "date", "tail", "od", "base64", "sha1sum",
 ]
 
 #: argv patterns that change the system. Each entry: command -> predicate on its arguments.
@@ -57,6 +58,8 @@ CHANGING = {
     "nmcli": lambda a: bool({"modify", "reapply", "up", "down"} & set(a)),
     "kubeadm": lambda a: bool({"init", "join", "reset", "pull"} & set(a)),
     "curl": lambda a: True,
+    "usermod": lambda a: True,
+    "passwd": lambda a: a[:1] != ["-S"],
     "rpm": lambda a: bool({"-i", "-U", "-e", "-ivh", "-Uvh"} & set(a)),
 }
 
@@ -78,9 +81,29 @@ HOSTS = ("127.0.0.1   localhost localhost.localdomain\n"
          "::1 localhost ip6-localhost ip6-loopback\n"
          "192.168.200.5 other.example other\n")
 
-#: What an apt repository's Release.key / gpg looks like: an ASCII-armoured OpenPGP public key.
-ARMOURED_KEY = ("-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmQINBGZtEST\n=abcd\n"
-                "-----END PGP PUBLIC KEY BLOCK-----\n")
+#: The repositories' signing keys as they serve them (public keys, tests/fixtures/keys/): Docker's
+#: debian/gpg and centos/gpg, and pkgs.k8s.io's Release.key / repomd.xml.key (one key for both).
+KEYS = REPO / "tests" / "fixtures" / "keys"
+#: key file -> the fingerprint its upstream publishes (or, for pkgs.k8s.io, is seen to serve).
+KEY_FINGERPRINTS = {
+    "docker-debian.asc": "9DC858229FC7DD38854AE2D88D81803C0EBFCD88",
+    "docker-centos.asc": "060A61C51B558A7F742B77AAC52FEB6B621E9F35",
+    "kubernetes.asc": "DE15B14486CD377B9E876E1A234654DA9A296436",
+}
+
+
+def key_urls(env: dict, family: str) -> dict:
+    """URL -> the fixture key it serves, for the repositories a node of ``family`` configures."""
+    k8s = f"{env['KUBERNETES_REPO_BASE']}/v{env['KUBERNETES_MINOR']}"
+    if family == "debian":
+        return {f"{k8s}/deb/Release.key": "kubernetes.asc", f"{env['DOCKER_REPO_BASE']}/debian/gpg": "docker-debian.asc"}
+    return {f"{k8s}/rpm/repodata/repomd.xml.key": "kubernetes.asc", f"{env['DOCKER_REPO_BASE']}/centos/gpg": "docker-centos.asc"}
+
+#: The stable section of Docker's docker-ce.repo (a stored copy: maikehongg/docker-ce.repo
+#: docker-ce.repo @6f2589d5001accf5d5f8c703154d2dafbaf1ac28), its key a local, checked file.
+DOCKER_CE_REPO = ("[docker-ce-stable]\nname=Docker CE Stable - $basearch\n"
+                  "baseurl=https://download.docker.com/linux/centos/$releasever/$basearch/stable\n"
+                  "enabled=1\ngpgcheck=1\ngpgkey=file:///etc/pki/rpm-gpg/RPM-GPG-KEY-dslab-docker-ce\n")
 
 DAEMON_JSON = {
     "exec-opts": ["native.cgroupdriver=systemd"],
@@ -351,11 +374,9 @@ def prepare_scenario(tmp_path, scenario):
                                                 for b in ("kubeadm", "kubelet", "kubectl", "kube-proxy")})
         downloads[env["KUBERNETES_ARCHIVE_URL"]] = str(tmp_path / "node.tar.gz")
         env["KUBERNETES_ARCHIVE_SUM"] = hashlib.sha512((tmp_path / "node.tar.gz").read_bytes()).hexdigest()
+    for url, key in key_urls(env, family).items():
+        downloads[url] = str(KEYS / key)
     if family == "debian":
-        key = tmp_path / "armoured.key"
-        key.write_text(ARMOURED_KEY)
-        downloads[f"{env['KUBERNETES_REPO_BASE']}/v{env['KUBERNETES_MINOR']}/deb/Release.key"] = str(key)
-        downloads[f"{env['DOCKER_REPO_BASE']}/debian/gpg"] = str(key)
         node.preinstall("docker.io", ["dockerd", "docker"], "20.10.24+dfsg1-1")
         state = node.state()
         state["services"]["docker"] = {"enabled": True, "active": True, "masked": False}
@@ -469,13 +490,17 @@ def test_full_run_then_idempotent_rerun(tmp_path, scenario):
         assert "baseurl=https://pkgs.k8s.io/core:/stable:/v1.36/rpm/" in repo
         assert repo == ("[kubernetes]\nname=Kubernetes\nbaseurl=https://pkgs.k8s.io/core:/stable:/v1.36/rpm/\n"
                         "enabled=1\ngpgcheck=1\n"
-                        "gpgkey=https://pkgs.k8s.io/core:/stable:/v1.36/rpm/repodata/repomd.xml.key\n"
+                        "gpgkey=file:///etc/pki/rpm-gpg/RPM-GPG-KEY-dslab-kubernetes\n"
                         "exclude=kubelet kubeadm kubectl cri-tools kubernetes-cni\n")
         assert has(calls, "dnf", "install", "-y", "kubelet-1.36.0", "kubeadm-1.36.0", "kubectl-1.36.0",
                    "--disableexcludes=kubernetes")
     if scenario == "el9-current-docker":
         assert has(calls, "dnf", "install", "-y", "docker-ce", "docker-ce-cli", "containerd.io")
-        assert contains(calls, "curl", "https://download.docker.com/linux/centos/docker-ce.repo")
+        assert node.read("etc/yum.repos.d/docker-ce.repo") == DOCKER_CE_REPO
+        assert not contains(calls, "curl", "https://download.docker.com/linux/centos/docker-ce.repo")
+    if family.startswith("el"):
+        assert node.read("etc/pki/rpm-gpg/RPM-GPG-KEY-dslab-docker-ce") == (KEYS / "docker-centos.asc").read_text()
+        assert contains(calls, "curl", "https://download.docker.com/linux/centos/gpg")
     if family == "debian":
         assert not contains(calls, "docker-ce")  # Debian's docker.io is already there
         assert has(calls, "systemctl", "mask", "dev-sda5.swap")
@@ -486,7 +511,8 @@ def test_full_run_then_idempotent_rerun(tmp_path, scenario):
         assert node.read("etc/apt/sources.list.d/kubernetes.list") == \
             "deb [signed-by=/etc/apt/keyrings/kubernetes-apt-keyring.asc] https://pkgs.k8s.io/core:/stable:/v1.36/deb/ /\n"
         keyring = node.root / "etc/apt/keyrings/kubernetes-apt-keyring.asc"
-        assert keyring.read_text() == ARMOURED_KEY and keyring.stat().st_mode & 0o044 == 0o044  # _apt reads it
+        assert keyring.read_text() == (KEYS / "kubernetes.asc").read_text()
+        assert keyring.stat().st_mode & 0o044 == 0o044  # _apt reads it
         assert contains(calls, "curl", "https://pkgs.k8s.io/core:/stable:/v1.36/deb/Release.key")
         assert contains(calls, "apt-get", "install", "kubelet=1.36.0-*", "kubeadm=1.36.0-*", "kubectl=1.36.0-*")
         assert has(calls, "apt-mark", "hold", "kubelet")
@@ -807,7 +833,7 @@ def test_apt_key_must_be_armoured(tmp_path):
     node.save(state)  # the stub then serves a non-key body
     result = node.run("kubernetes.sh", env, check=False)
     assert result.returncode != 0
-    assert "did not give an ASCII-armoured OpenPGP key" in result.stderr
+    assert "is refused: not a single ASCII-armoured OpenPGP public key block" in result.stderr
     assert not (node.root / "etc/apt/keyrings/kubernetes-apt-keyring.asc").exists()
     assert not contains(node.calls(), "apt-get", "install")
 
@@ -820,7 +846,7 @@ def test_debian_docker_repo_key_and_line(tmp_path):
     for command in ("dockerd", "docker"):
         (node.stub / "bin" / command).unlink()
     node.run("runtime.sh", env)
-    assert node.read("etc/apt/keyrings/docker.asc") == ARMOURED_KEY
+    assert node.read("etc/apt/keyrings/docker.asc") == (KEYS / "docker-debian.asc").read_text()
     assert node.read("etc/apt/sources.list.d/docker.list") == (
         "deb [arch=amd64 signed-by=/etc/apt/keyrings/docker.asc] https://download.docker.com/linux/debian bookworm stable\n")
     assert contains(node.calls(), "apt-get", "install", "docker-ce", "docker-ce-cli", "containerd.io")

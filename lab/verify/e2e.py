@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Callable, List, Optional
 
+from .. import statedir
 from .model import CheckResult, failed, passed, skipped
 from .session import HostRun, host_run
 
@@ -36,6 +37,7 @@ def run_e2e(cfg, kubeconfig: Optional[Path], *, which: Callable[[str], Optional[
     command = hydrophone_command(binary, Path(kubeconfig), output_dir, cfg.profile.kubernetes_version)
     runner = run or (lambda cmd: host_run(cmd, timeout=E2E_TIMEOUT_S))
     result = runner(command)
+    statedir.record(cfg.state_dir, [p for p in output_dir.rglob("*") if p.is_file()])  # destroy removes them
     tail = (result.stdout + result.stderr).strip().splitlines()[-3:]
     if result.ok:
         return passed(f"hydrophone: dual-stack e2e tests passed (results in {output_dir})")

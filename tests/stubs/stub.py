@@ -342,8 +342,29 @@ def cmd_nmcli(state, args):
         return 2
 
 
+def _curl_allows(args, option, url):
+    """What curl's ``--proto``/``--proto-redir`` =LIST allows: every scheme, or those listed."""
+    if option not in args:
+        return True
+    spec = args[args.index(option) + 1]
+    return not spec.startswith("=") or url.partition(":")[0] in spec[1:].split(",")
+
+
 def cmd_curl(state, args):
     url = next(a for a in args if a.startswith("http"))
+    # state["redirects"]: URL -> the URL it redirects to (followed with -L, as curl does).
+    follow = "--location" in args or any(a.startswith("-") and not a.startswith("--") and "L" in a for a in args)
+    hops = [url]
+    while follow and hops[-1] in state.get("redirects", {}) and len(hops) < 10:
+        hops.append(state["redirects"][hops[-1]])
+    if not _curl_allows(args, "--proto", hops[0]):
+        sys.stderr.write(f'curl: (1) Protocol "{hops[0].partition(":")[0]}" not supported or disabled in libcurl\n')
+        return 1
+    for hop in hops[1:]:
+        if not (_curl_allows(args, "--proto", hop) and _curl_allows(args, "--proto-redir", hop)):
+            sys.stderr.write(f'curl: (1) Protocol "{hop.partition(":")[0]}" not supported or disabled in libcurl\n')
+            return 1
+    url = hops[-1]
     source = state.get("downloads", {}).get(url)
     data = Path(source).read_bytes() if source else f"fake download of {url}\n".encode()
     if "-o" in args:
@@ -385,6 +406,45 @@ def cmd_kubectl(state, args):
             return 0
         sys.stderr.write(f'Error from server (NotFound): {kind} "{name}" not found\n')
         return 1
+
+
+#: ``passwd -S`` status of an account: what the box ships unless ``state["passwords"]`` says.
+DEFAULT_PASSWORDS = {"root": "P", "vagrant": "P"}
+
+
+def _passwords(state):
+    return state.setdefault("passwords", dict(DEFAULT_PASSWORDS))
+
+
+def cmd_passwd(state, args):
+    """``passwd -S USER`` (status in the second field), ``passwd -l USER``."""
+    users = _passwords(state)
+    user = args[-1]
+    if user not in users:
+        sys.stderr.write(f"passwd: user '{user}' does not exist\n")
+        return 1
+    if args[:1] == ["-S"]:
+        print(f"{user} {users[user]} 2024-05-20 0 99999 7 -1")
+    elif args[:1] == ["-l"]:
+        users[user] = state.get("locked_status", "L")
+
+
+def cmd_usermod(state, args):
+    """``usermod -L USER``: the status becomes ``state["locked_status"]`` (L; LK on EL)."""
+    users = _passwords(state)
+    if args[-1] not in users:
+        sys.stderr.write(f"usermod: user '{args[-1]}' does not exist\n")
+        return 6
+    if "-L" in args:
+        users[args[-1]] = state.get("locked_status", "L")
+
+
+def cmd_sshd(state, args):
+    """``sshd -T``: ``usepam`` from ``state["sshd_usepam"]`` (yes); ``sshd -t``: exit 0."""
+    if args[:1] == ["-T"]:
+        print("port 22")
+        print(f"usepam {state.get('sshd_usepam', 'yes')}")
+        print("passwordauthentication yes")
 
 
 def cmd_containerd(state, args):
