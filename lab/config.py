@@ -412,6 +412,10 @@ def _check_texts(problems, raw):
 def _int(problems, raw, key, low, high):
     value = raw.get(key)
     hint = f"set a number from {low} to {high}"
+    if isinstance(value, str) and re.fullmatch(r" *-?0[0-9]+ *", value):
+        problems.add(key, f"{shown(value)} has a leading zero (octal in YAML 1.1, decimal elsewhere); "
+                          f"write the number without it; {hint[0].lower()}{hint[1:]}")
+        return None
     if isinstance(value, str) and re.fullmatch(r" *-?[0-9]+ *", value):
         if len(value.strip().lstrip("-")) > 18:
             problems.add(key, f"a number of {len(value.strip())} digits is out of range; {hint}")
@@ -812,10 +816,36 @@ class _YamlRefused(yaml.YAMLError):
         self.problem_mark = mark
 
 
+_YAML_INT, _YAML_FLOAT, _YAML_BOOL = (f"tag:yaml.org,2002:{t}" for t in ("int", "float", "bool"))
+
+
 class BoundedLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing explicit tags and alias structures that are recursive or
-    expand past :data:`YAML_MAX_NODES` nodes; checked on the composed node graph before any
-    Python object is built, so a billion-laughs document is refused in milliseconds."""
+    """PyYAML's safe loader, refusing explicit tags, duplicate keys and alias structures that
+    are recursive or expand past :data:`YAML_MAX_NODES` nodes; checked on the composed node
+    graph before any Python object is built, so a billion-laughs document is refused in
+    milliseconds.
+
+    Plain numbers and booleans are read as YAML 1.2's core schema reads them, not as YAML
+    1.1 (PyYAML's default): an integer is decimal digits without a leading zero, a boolean is
+    true or false. ``0x2``, ``0b11``, ``0o7``, ``1_0``, ``1:00`` (base 60), ``010`` (octal in
+    1.1), ``yes``, ``no``, ``on`` and ``off`` are text, which a number setting refuses."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_YAML_INT, _YAML_FLOAT, _YAML_BOOL)]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    def compose_mapping_node(self, anchor):
+        node = super().compose_mapping_node(anchor)
+        seen = {}
+        for key, _value in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue
+            if (key.tag, key.value) in seen:
+                raise _YamlRefused(f"the key {shown(key.value)} is given twice in one mapping (first on line "
+                                   f"{seen[key.tag, key.value] + 1})", key.start_mark)
+            seen[key.tag, key.value] = key.start_mark.line
+        return node
 
     def compose_node(self, parent, index):
         event = self.peek_event()
@@ -827,6 +857,14 @@ class BoundedLoader(yaml.SafeLoader):
     def construct_document(self, node):
         _expanded_size(node)
         return super().construct_document(node)
+
+
+BoundedLoader.add_implicit_resolver(_YAML_BOOL, re.compile(r"(?:true|True|TRUE|false|False|FALSE)\Z"), list("tTfF"))
+BoundedLoader.add_implicit_resolver(_YAML_INT, re.compile(r"-?(?:0|[1-9][0-9]*)\Z"), list("-0123456789"))
+BoundedLoader.add_implicit_resolver(
+    _YAML_FLOAT, re.compile(
+        r"(?:-?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|-?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))\Z"),
+    list("-0123456789."))
 
 
 def _expanded_size(root) -> None:

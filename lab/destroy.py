@@ -3,18 +3,27 @@
 Ownership is by the lab's id (:mod:`lab.identity`), never by name alone: the lab's
 domains carry it in their description and its network as its UUID, and destroy works
 after ``.vagrant`` and the state directory were deleted by hand and after an ``up`` that
-failed at any step. Removed are the lab's domains, the volumes vagrant-libvirt named for
-them (``<domain>.img``, ``<domain>_<n>.img``), the lab network, and the box image volume
-of the lab's box once no domain and no volume is backed by it. A disk attached to one of
-the lab's machines by hand is detached first and kept; same-named objects of another lab
-are left alone, with one line saying so. Safe to run twice; a part that cannot be removed
-does not stop the rest, and every such failure is reported at the end.
+failed at any step. A machine made before labs carried an id (no id in its description)
+is the lab's when ``.vagrant`` records its UUID, and a same-named network without the
+lab's id (and without any other lab's) is the lab's when such machines are attached to
+it and only the lab's machines are.
+
+Removed are the lab's domains, the volumes vagrant-libvirt named for them (``<domain>.img``,
+``<domain>_<n>.img``), the lab network, and a box image volume of the lab's box once
+nothing is backed by it, and only one that is this lab's to remove: one its machines or
+their disks were backed by, or one the lab's own ``up`` logs record vagrant-libvirt
+uploading. A disk attached to one of the lab's machines by hand is detached first and
+kept. Same-named objects of another lab are left alone; then the state directory is kept
+(``state.json``, ``.vagrant``) and destroy fails with one line naming them and the
+``virsh`` commands that remove them by hand. Safe to run twice; a part that cannot be
+removed does not stop the rest, and every such failure is reported at the end.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import stat
 import xml.etree.ElementTree as ET
@@ -108,38 +117,72 @@ def _paths_in_use(conn, pool, skip: Set[str] = frozenset()) -> Set[str]:
     return used
 
 
-class Survey:
-    """What libvirt holds under the lab's names, split into the lab's own and other labs'."""
+#: What vagrant-libvirt (0.11, ``handle_box_image.rb``, its en locale) writes when it uploads a box image.
+UPLOAD_LINE = "Uploading base box image as volume into Libvirt storage"
 
-    def __init__(self, cfg: LabConfig, conn, owner: identity.Owner):
+
+class Survey:
+    """What libvirt holds under the lab's names, split into the lab's own and other labs'.
+
+    ``adopt`` is the set of domain UUIDs ``.vagrant`` records (read from it when None): a
+    domain without any lab id whose UUID is among them was made by this lab before labs
+    carried an id, and is the lab's.
+    """
+
+    def __init__(self, cfg: LabConfig, conn, owner: identity.Owner, adopt: Optional[Set[str]] = None):
+        self.adopt = set(machines.recorded_machines(cfg).values()) if adopt is None else set(adopt)
         self.domains: Dict[str, object] = {}
         self.foreign: List[str] = []
-        net, owned = network.owned_network(cfg, conn, owner)
-        self.network = net if owned else None
-        if net is not None and not owned:
-            self.foreign.append(cfg.network_name)
         planned = {cfg.domain_name(n) for n in cfg.nodes}
         present = set()
+        lab_ids = set()    # every lab id some domain on the host carries
+        attached = set()   # the domains attached to a network named like the lab's
         for dom in conn.listAllDomains(0):
             name = dom.name()
             present.add(name)
-            if owner.owns(identity.id_in(_domain_root(dom).findtext("description"))):
+            found = identity.id_in(_domain_root(dom).findtext("description"))
+            on_net = cfg.network_name in _domain_facts(dom)[1]
+            if found:
+                lab_ids.add(found)
+            if on_net:
+                attached.add(name)
+            if owner.owns(found) or (found is None and dom.UUIDString() in self.adopt):
                 self.domains[name] = dom
-            elif name in planned or (name.startswith(cfg.domain_prefix) and cfg.network_name in _domain_facts(dom)[1]):
+            elif name in planned or (name.startswith(cfg.domain_prefix) and on_net):
                 self.foreign.append(name)
+        net, owned = network.owned_network(cfg, conn, owner)
+        if net is not None and not owned and net.UUIDString() not in lab_ids:
+            # A network made before labs carried an id: the lab's when only the lab's machines use it.
+            owned = bool(attached) and attached <= set(self.domains)
+        self.network = net if owned else None
+        self.network_uuid = net.UUIDString() if owned else None
+        if net is not None and not owned:
+            self.foreign.insert(0, cfg.network_name)
         # Disks of planned machines whose domain is gone are the lab's, unless another lab holds its name.
         orphans = set() if net is not None and not owned else planned - present
         self.names = set(self.domains) | orphans
 
-    def foreign_line(self) -> str:
-        """One line naming what is left alone."""
+    def foreign_line(self, cfg: LabConfig) -> str:
+        """One line naming what is left alone, and how to remove it by hand if it is the lab's after all."""
+        virsh = f"virsh -c {shlex.quote(cfg.libvirt_uri)}"
+        kept = f", and the lab's state in {cfg.state_dir} kept" if cfg.state_dir.exists() else ""
+        commands = []
+        for name in sorted(self.foreign):
+            q = shlex.quote(name)
+            if name == cfg.network_name:
+                commands.append(f"{virsh} net-destroy {q}; {virsh} net-undefine {q}")
+            else:
+                commands.append(f"{virsh} destroy {q}; {virsh} undefine --remove-all-storage {q}")
         return (f"lab.name: {', '.join(sorted(self.foreign))} are not this lab's (another checkout's or another "
-                "state directory's, or made by hand): left alone; remove them where they were made "
-                "(`invoke lab.destroy` there)")
+                "state directory's, made by hand, or made before labs carried an id and not recorded in .vagrant): left "
+                f"alone{kept}; if they are really this lab's, remove them "
+                "by hand (detach your own disks first: --remove-all-storage deletes every disk of the domain) "
+                f"and run `invoke lab.destroy` again: {'; '.join(commands)}")
 
 
 def owned_domains(cfg: LabConfig, conn, owner: Optional[identity.Owner] = None) -> Dict[str, object]:
-    """The lab's domains: those whose description carries the lab's id."""
+    """The lab's domains: those whose description carries the lab's id, and those without any lab id
+    whose UUID ``.vagrant`` records."""
     return Survey(cfg, conn, owner or identity.Owner(cfg.state_dir)).domains
 
 
@@ -181,24 +224,75 @@ def release_foreign_disks(dom, conn) -> List[str]:
     return [_source(el) for el in foreign]
 
 
-def _vagrant_may_destroy(cfg: LabConfig, conn, owner: identity.Owner) -> bool:
+def _vagrant_may_destroy(conn, survey: Survey) -> bool:
     """False when ``.vagrant`` names a machine that exists and is not the lab's."""
     import libvirt  # noqa: PLC0415
 
-    for uuid in machines.recorded_machines(cfg).values():
+    ours = {dom.UUIDString() for dom in survey.domains.values()}
+    for uuid in survey.adopt:
         try:
             dom = conn.lookupByUUIDString(uuid)
         except libvirt.libvirtError:
             continue
-        if not owner.owns(identity.id_in(_domain_root(dom).findtext("description"))):
+        if dom.UUIDString() not in ours:
             return False
+    return True
+
+
+def _backing_paths(survey: Survey, pool) -> Set[str]:
+    """What the lab's own box disks (of its domains, and those left by machines already gone) are backed by."""
+    disks, backing = set(), set()
+    for name, dom in survey.domains.items():
+        for el in _domain_root(dom).findall("./devices/disk"):
+            if _source(el) and vagrant_volume(os.path.basename(_source(el)), [name]):
+                disks.add(_source(el))
+                backing.update(_source(b) for b in el.iter("backingStore") if _source(b))
+    if pool is not None:
+        for vol in pool.listAllVolumes(0):
+            if vol.path() in disks or vagrant_volume(vol.name(), survey.names):
+                root = ET.fromstring(vol.XMLDesc(0))
+                backing.update(el.text for el in root.findall("./backingStore/path") if el.text)
+    return backing
+
+
+def uploaded_box(state_dir: Path) -> bool:
+    """True when one of the lab's own recorded logs shows vagrant-libvirt uploading a box image for it."""
+    state_dir = Path(state_dir)
+    if not (state_dir / STATE_MARKER).is_file() or state_dir.is_symlink():
+        return False
+    for rel in statedir.recorded_names(state_dir):
+        path = state_dir / rel
+        if not (rel.startswith("logs/") and _inside(state_dir, path) and path.is_file() and not path.is_symlink()):
+            continue
+        try:
+            with open(path, errors="replace") as handle:
+                if any(UPLOAD_LINE in line for line in handle):
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def _remove_network(conn, survey: Survey, libvirt) -> bool:
+    """Stop and undefine the network the survey found to be the lab's (False when it is gone)."""
+    try:
+        net = conn.networkLookupByUUIDString(survey.network_uuid)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_NETWORK:
+            return False
+        raise
+    if net.isActive():
+        net.destroy()
+    net.undefine()
     return True
 
 
 def destroy(cfg: LabConfig, log_path: Path, report=print) -> Dict[str, List[str]]:
     """Destroy the lab; return what was removed from libvirt beyond Vagrant's own work.
 
-    Raises :class:`LabError` listing what could not be removed (after trying everything).
+    Raises :class:`LabError` listing what could not be removed (after trying everything),
+    and when same-named objects that are not the lab's were left: then the state
+    directory is kept as it is.
     """
     import libvirt  # noqa: PLC0415
 
@@ -216,8 +310,6 @@ def destroy(cfg: LabConfig, log_path: Path, report=print) -> Dict[str, List[str]
     owner = identity.Owner(cfg.state_dir)
     with network.connect(cfg.libvirt_uri) as conn:
         survey = Survey(cfg, conn, owner)
-        if survey.foreign:
-            report(survey.foreign_line())
         for name, dom in survey.domains.items():
             try:
                 for disk in release_foreign_disks(dom, conn):
@@ -227,20 +319,23 @@ def destroy(cfg: LabConfig, log_path: Path, report=print) -> Dict[str, List[str]
         if failures:
             raise LabError("; ".join(failures) + "; nothing was destroyed; run `invoke lab.destroy` again "
                            "once the cause is fixed")
-        if survey.foreign:
-            # vagrant destroy of a machine it has no record of deletes the volume named for it
-            # (vagrant-libvirt's RemoveStaleVolume): not while another lab holds the lab's names.
-            pass
-        elif _vagrant_may_destroy(cfg, conn, owner):
+        # Box images this destroy may remove: those the lab's disks are backed by, found before
+        # vagrant removes them, and any the lab's own `up` uploaded.
+        backing = _backing_paths(survey, _pool(conn, cfg.storage_pool))
+        uploaded = uploaded_box(cfg.state_dir)
+
+        # vagrant destroy of a machine it has no record of deletes the volume named for it
+        # (vagrant-libvirt's RemoveStaleVolume): never while another lab holds the lab's names.
+        if not survey.foreign and _vagrant_may_destroy(conn, survey):
             try:
                 machines.destroy(cfg, log_path)
             except LabError as exc:
                 report(f"vagrant destroy failed ({exc}); removing the lab's machines by their id instead")
-        else:
+        elif not survey.foreign:
             report(f"{cfg.state_dir}/.vagrant names machines that are not this lab's: vagrant destroy skipped, "
                    "removing the lab's machines by their id")
 
-        for name, dom in owned_domains(cfg, conn, owner).items():
+        for name, dom in Survey(cfg, conn, owner, adopt=survey.adopt).domains.items():
             attempt("domains", name, lambda dom=dom: _undefine_domain(dom, libvirt))
         pool = _pool(conn, cfg.storage_pool)
         if pool is not None:
@@ -250,13 +345,17 @@ def destroy(cfg: LabConfig, log_path: Path, report=print) -> Dict[str, List[str]
                     attempt("volumes", vol.name(), lambda vol=vol: vol.delete(0))
             used = _paths_in_use(conn, pool)
             for vol in pool.listAllVolumes(0):
-                if vol.name().startswith(box_volume_prefix(cfg.box)) and vol.path() not in used:
+                if (vol.name().startswith(box_volume_prefix(cfg.box)) and vol.path() not in used
+                        and (vol.path() in backing or uploaded)):
                     attempt("volumes", vol.name(), lambda vol=vol: vol.delete(0))
-        try:
-            if network.delete_network(cfg, conn, owner):
-                removed["networks"].append(cfg.network_name)
-        except libvirt.libvirtError as exc:
-            failures.append(f"cannot remove network {cfg.network_name}: {exc.get_error_message()}")
+        if survey.network is not None:
+            try:
+                if _remove_network(conn, survey, libvirt):
+                    removed["networks"].append(cfg.network_name)
+            except libvirt.libvirtError as exc:
+                failures.append(f"cannot remove network {cfg.network_name}: {exc.get_error_message()}")
+    if survey.foreign:
+        raise LabError("; ".join([*failures, survey.foreign_line(cfg)]))
     if failures:
         raise LabError("; ".join(failures) + "; run `invoke lab.destroy` again once the cause is fixed")
     remove_state(cfg.state_dir)

@@ -8,6 +8,7 @@ full copy. Vagrant's output goes to the log file of the run.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -78,13 +79,18 @@ def ssh_config(cfg: LabConfig, log_path: Path) -> Path:
 
 
 def recorded_machines(cfg: LabConfig) -> Dict[str, str]:
-    """Machine name → libvirt domain UUID, as ``.vagrant`` records them (what ``vagrant destroy`` acts on)."""
+    """Machine name → libvirt domain UUID, as ``.vagrant`` records them (what ``vagrant destroy`` acts on).
+
+    Only ids that are UUIDs count (lower-cased, as libvirt writes them); a damaged id file names nothing.
+    """
     found = {}
     for id_file in sorted((cfg.state_dir / ".vagrant" / "machines").glob("*/libvirt/id")):
         try:
-            found[id_file.parent.parent.name] = id_file.read_text().strip()
+            value = id_file.read_text(errors="replace").strip().lower()
         except OSError:
             continue
+        if re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", value):
+            found[id_file.parent.parent.name] = value
     return found
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import shlex
 import subprocess
 import xml.etree.ElementTree as ET
 from typing import Iterable, Iterator, List, Optional
@@ -145,9 +146,12 @@ def _canonical(xml: str) -> str:
 
 def foreign_network_line(cfg: LabConfig) -> str:
     """The line that refuses to touch a same-named network of another lab."""
+    virsh, name = f"virsh -c {shlex.quote(cfg.libvirt_uri)}", shlex.quote(cfg.network_name)
     return (f"lab.name: libvirt network {cfg.network_name} exists but is not this lab's (another checkout's or "
-            "another state directory's, or made by hand); choose another lab.name, or remove it where it was made "
-            "(`invoke lab.destroy` there)")
+            "another state directory's, made by hand, or made before labs carried an id); choose another lab.name, "
+            "or, if it is really this lab's, run `invoke lab.destroy` here (it takes back a lab made before labs "
+            "carried an id while .vagrant still names its machines) or remove the network by hand once no machine "
+            f"uses it: {virsh} net-destroy {name}; {virsh} net-undefine {name}")
 
 
 def owned_network(cfg: LabConfig, conn, owner: identity.Owner):

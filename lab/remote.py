@@ -11,6 +11,7 @@ import atexit
 import base64
 import hashlib
 import os
+import re
 import shlex
 import shutil
 import stat
@@ -43,8 +44,15 @@ def as_shell(command: Command) -> str:
     return command if isinstance(command, str) else shlex.join(str(c) for c in command)
 
 
+#: What ssh takes as it is in ``-o ControlPath=...``: it splits the value at whitespace and
+#: expands ``%`` and ``${...}`` in it (ssh_config(5), TOKENS and ENVIRONMENT VARIABLES).
+_SSH_LITERAL = re.compile(r"[A-Za-z0-9._/+-]+")
+
+
 def _fits(directory: Path) -> bool:
-    return len(os.fsencode(str(directory))) + CONTROL_SUFFIX_LEN < SOCKET_PATH_MAX
+    """True when ``directory`` can hold the control sockets: short enough, and read by ssh as written."""
+    text = str(directory)
+    return len(os.fsencode(text)) + CONTROL_SUFFIX_LEN < SOCKET_PATH_MAX and bool(_SSH_LITERAL.fullmatch(text))
 
 
 def _fallback_dir(key: str) -> Path:

@@ -78,6 +78,9 @@ def up(c, until=None, profile=None):
     """Create the lab: network, machines, Kubernetes, Calico, MetalLB and nginx (resumable)."""
     from . import pipeline  # noqa: PLC0415
 
+    if until is not None and until not in STEP_NAMES:
+        raise Exit(f"lab.up --until: {lab_config.shown(until)} is not a step; use one of {', '.join(STEP_NAMES)}",
+                   code=EXIT_CONFIG)
     cfg = _load(c, profile=profile)
     try:
         log = pipeline.up(cfg, until=until)
@@ -143,16 +146,20 @@ def verify(c, only=None, layer=None, json=None, junit=None, e2e=False):
     from .context import Context, State  # noqa: PLC0415
     from .remote import SshRunner  # noqa: PLC0415
 
-    cfg = _load(c)
     if layer not in (None, "network", "cluster"):
-        raise Exit(f"--layer: {layer!r} is unknown; use network or cluster", code=EXIT_CONFIG)
+        raise Exit(f"lab.verify --layer: {lab_config.shown(layer)} is unknown; use network or cluster",
+                   code=EXIT_CONFIG)
+    if only:
+        try:
+            lab_verify.select(only, layer)
+        except lab_verify.UnknownCheckError as exc:
+            raise Exit(f"lab.verify --only: {exc}", code=EXIT_CONFIG) from None
+    cfg = _load(c)
     ssh_config = cfg.state_dir / "ssh_config"
     if not ssh_config.exists():
         raise Exit(f"no lab machines known in {cfg.state_dir}; run `invoke lab.up --until machines` first",
                    code=EXIT_FAILED)
     try:
-        if only:
-            lab_verify.select(only, layer)
         log = pipeline.new_log(cfg.state_dir, "verify")
         ctx = Context(cfg, State(cfg.state_dir / "state.json"), SshRunner(ssh_config, log, "verify"), log)
         report = lab_verify.verify(ctx, only=only, layer=layer, json_path=json, junit_path=junit, e2e=e2e,

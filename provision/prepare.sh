@@ -177,6 +177,8 @@ sshd_uses_pam() {
 lock_passwords() {
   local user rc
   step "lock passwords"
+  # Without passwd every user would read as absent and keep the box's password.
+  command -v passwd >/dev/null 2>&1 || die "passwd not found: cannot check or lock the box's passwords"
   for user in root vagrant; do
     rc=0
     password_locked "$user" || rc=$?

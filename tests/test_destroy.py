@@ -9,6 +9,7 @@ import uuid as uuidlib
 import pytest
 
 from lab import config, destroy, identity, network, render, statedir
+from lab.errors import LabError
 
 BOX_VOLUME = "centos-stream-9_vagrant_box_image_0_box.img"
 SHARED = "test:///default"
@@ -213,14 +214,20 @@ def test_a_second_checkout_with_the_same_lab_name_leaves_the_first_lab_whole(sha
     elif second_state == "rendered":
         render.render_all(second, second.state_dir)
     lines = []
-    removed = destroy.destroy(second, tmp_path / "d.log", report=lines.append)
+    with pytest.raises(LabError) as refused:
+        destroy.destroy(second, tmp_path / "d.log", report=lines.append)
 
-    assert removed == {"domains": [], "volumes": [], "networks": []}
     assert (shared.domain_names(), shared.volume_names(), shared.network_uuids()) == before
-    assert len(lines) == 1 and lines[0].startswith("lab.name: ") and "not this lab's" in lines[0]
+    message = str(refused.value)
+    assert lines == [] and "\n" not in message
+    assert message.startswith("lab.name: ") and "not this lab's" in message
     for node in first.nodes:
-        assert first.domain_name(node) in lines[0]
-    assert first.network_name in lines[0]
+        assert f"virsh -c {SHARED} undefine --remove-all-storage {first.domain_name(node)}" in message
+    assert f"virsh -c {SHARED} net-undefine {first.network_name}" in message
+    if second_state == "no state at all":
+        assert not second.state_dir.exists()
+    else:   # the state directory is kept: the objects may be its own after all
+        assert identity.recorded_id(second.state_dir) is not None
     with pytest.raises(Exception, match="lab.name: libvirt network dslab_net exists but is not this lab's"):
         network.ensure_network(second, shared.conn)
     assert shared.network_uuids()[first.network_name] == first_id
@@ -273,6 +280,133 @@ def test_vagrant_is_not_run_on_machines_of_another_lab(shared, tmp_path, monkeyp
     assert calls == []
     assert any("vagrant destroy skipped" in line for line in lines), lines
     assert first.domain_name(first.control_plane) in shared.domain_names()
+
+
+def old_lab(shared, tmp_path, sub="old", box=BOX_VOLUME):
+    """A lab as `lab.up` left it before labs carried an id: no id in its state, on its machines or
+    as its network's UUID (libvirt made that one up); .vagrant records the machines' UUIDs."""
+    cfg, _ = shared_lab(tmp_path, sub, shared)
+    (cfg.state_dir / "state.json").write_text('{"steps": {}}')
+    net = shared.conn.networkDefineXML(network.network_xml(cfg))
+    net.create()
+    if box not in shared.volume_names():
+        shared.volume(box)
+    for node in cfg.nodes:
+        name = cfg.domain_name(node)
+        shared.volume(f"{name}.img", box)
+        shared.domain(name, cfg.network_name, [f"{name}.img"], "")
+        id_file = cfg.state_dir / ".vagrant" / "machines" / node.name / "libvirt" / "id"
+        id_file.parent.mkdir(parents=True)
+        id_file.write_text(shared.conn.lookupByName(name).UUIDString())
+    return cfg
+
+
+@pytest.mark.parametrize("case", [".vagrant kept", ".vagrant gone", "a stranger on its network"])
+def test_a_lab_made_before_labs_carried_an_id(shared, tmp_path, monkeypatch, case):
+    lab = old_lab(shared, tmp_path)
+    names = sorted(lab.domain_name(n) for n in lab.nodes)
+    if case == ".vagrant gone":
+        shutil.rmtree(lab.state_dir / ".vagrant")
+    elif case == "a stranger on its network":
+        shared.domain("someone", lab.network_name, [], "made by hand")
+    before = (shared.domain_names(), shared.volume_names(), shared.network_uuids())
+    calls = []
+    monkeypatch.setattr(destroy.machines, "destroy", lambda cfg, log: calls.append(cfg.state_dir))
+    lines = []
+
+    if case == ".vagrant kept":
+        # Its machines are the ones .vagrant records; its network is used by them alone.
+        removed = destroy.destroy(lab, tmp_path / "d.log", report=lines.append)
+        assert calls == [lab.state_dir]
+        assert sorted(removed["domains"]) == names and removed["networks"] == [lab.network_name]
+        assert [d for d in shared.domain_names() if d != "test"] == []
+        assert shared.volume_names() == []
+        assert lab.network_name not in shared.network_uuids()
+        assert not lab.state_dir.exists()
+        return
+
+    with pytest.raises(LabError) as refused:
+        destroy.destroy(lab, tmp_path / "d.log", report=lines.append)
+    message = str(refused.value)
+    assert calls == [] and lines == [] and "\n" not in message
+    assert message.startswith("lab.name: ")
+    assert f"virsh -c {SHARED} net-destroy {lab.network_name}; virsh -c {SHARED} net-undefine {lab.network_name}" \
+        in message
+    # Nothing that is not provably the lab's is removed, and its state stays for the next try.
+    assert (lab.state_dir / "state.json").exists()
+    if case == ".vagrant gone":
+        assert (shared.domain_names(), shared.volume_names(), shared.network_uuids()) == before
+        for name in names:
+            assert f"virsh -c {SHARED} destroy {name}; virsh -c {SHARED} undefine --remove-all-storage {name}" in message
+    else:
+        # Its machines are still its own (.vagrant names them); the network others use is not.
+        assert (lab.state_dir / ".vagrant").is_dir()
+        assert [d for d in shared.domain_names() if d != "test"] == ["someone"]
+        assert "undefine --remove-all-storage" not in message
+        assert shared.network_uuids()[lab.network_name] == before[2][lab.network_name]
+        assert shared.volume_names() == []   # its disks, and the box image they alone were backed by
+
+
+def test_destroy_of_a_lab_made_before_ids_without_its_machines_exits_1_and_keeps_its_state(tmp_path):
+    """Through the real invoke: exit 1, one line with the commands, state.json and .vagrant kept."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    cfg, _ = lab_at(tmp_path, "state")
+    (cfg.state_dir / "state.json").write_text('{"steps": {}}')
+    (cfg.state_dir / ".vagrant" / "machines").mkdir(parents=True)
+    nodes = "".join(domain(cfg.domain_name(n), cfg.network_name, [f"{cfg.domain_name(n)}.img"]) for n in cfg.nodes)
+    net = network.network_xml(cfg).replace("<network>", f"<network><uuid>{uuidlib.uuid4()}</uuid>", 1)
+    (tmp_path / "node.xml").write_text(f"<node>{nodes}{net}<pool type='dir'><name>default</name><target>"
+                                       "<path>/pool</path></target></pool></node>")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INVOKE_")}
+    env.update(PYTHONPATH=str(root), INVOKE_LAB_STATE_DIR=str(cfg.state_dir),
+               INVOKE_LAB_LIBVIRT_URI=f"test://{tmp_path / 'node.xml'}")
+    shutil.copy(root / "tasks.py", tmp_path / "tasks.py")
+    result = subprocess.run([sys.executable, "-m", "invoke", "lab.destroy"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and "destroyed" not in result.stderr
+    line, = result.stderr.strip().splitlines()
+    assert line.startswith("lab.name: ") and f"net-undefine {cfg.network_name}" in line
+    assert f"undefine --remove-all-storage {cfg.domain_name(cfg.control_plane)}" in line
+    assert (cfg.state_dir / "state.json").read_text() == '{"steps": {}}'
+    assert (cfg.state_dir / ".vagrant" / "machines").is_dir()
+
+
+OTHER_VERSION = "centos-stream-9_vagrant_box_image_1_box.img"
+UPLOAD = "==> k8s-master01: Uploading base box image as volume into Libvirt storage...\n"
+
+
+@pytest.mark.parametrize("case, kept", [
+    ("never ran up", [BOX_VOLUME]),                      # uploaded by another Vagrant project
+    ("built on one version", [OTHER_VERSION]),           # the other version is another project's
+    ("lost state, built on one version", [OTHER_VERSION]),
+    ("its up uploaded it, its machines gone", []),       # vagrant-libvirt's own cleanup of an interrupted up
+])
+def test_the_box_image_is_removed_only_by_the_lab_that_used_it(shared, tmp_path, case, kept):
+    lab, lab_id = shared_lab(tmp_path, "lab", shared)
+    shared.volume(BOX_VOLUME)
+    if case == "never ran up":
+        render.render_all(lab, lab.state_dir)
+    elif case == "its up uploaded it, its machines gone":
+        render.render_all(lab, lab.state_dir)
+        log = lab.state_dir / "logs" / "up-20250101-000000.log"
+        log.parent.mkdir(exist_ok=True)
+        log.write_text(UPLOAD)
+        statedir.record(lab.state_dir, [log])
+        network.ensure_network(lab, shared.conn, lab_id)
+    else:
+        shared.volume(OTHER_VERSION)
+        shared.build_lab(lab, lab_id)
+        if case.startswith("lost state"):
+            shutil.rmtree(lab.state_dir)
+    destroy.destroy(lab, tmp_path / "d.log", report=lambda line: None)
+    assert shared.volume_names() == kept
+    assert [d for d in shared.domain_names() if d != "test"] == []
 
 
 # ------------------------------------------------------------------ the state directory

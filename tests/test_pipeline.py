@@ -116,10 +116,10 @@ def test_up_help_lists_every_step():
 def test_unknown_until_is_one_line_and_creates_nothing(tmp_path):
     state = tmp_path / "state"
     result = invoke("lab.up", "--until", "everything", env_extra={"INVOKE_LAB_STATE_DIR": str(state)})
-    assert result.returncode != 0
+    assert result.returncode == 2  # a usage error
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("--until: unknown step 'everything'; steps are: preflight")
+    assert len(lines) == 1 and lines[0].startswith("lab.up --until: 'everything' is not a step; use one of preflight")
     assert not state.exists()
 
 

@@ -124,3 +124,12 @@ def test_a_node_without_an_ssh_server_is_left_alone(tmp_path):
     assert "no sshd_config: no OpenSSH server" in result.stderr
     assert not [c for c in node.calls() if c[0] == "sshd"]
     assert not (node.root / "etc/ssh").exists()
+
+
+def test_a_node_without_passwd_stops_instead_of_keeping_its_passwords(tmp_path):
+    node, env, _ = hardening_node(tmp_path, "el9-current-docker")
+    (node.bin / "passwd").unlink()  # the stub: the node has no passwd command
+    result = node.run("prepare.sh", env, check=False)
+    assert result.returncode != 0
+    assert "step 'lock passwords' failed: passwd not found" in result.stderr
+    assert not [c for c in node.calls() if c[0] == "usermod"]

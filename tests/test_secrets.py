@@ -196,8 +196,9 @@ def test_a_recorded_up_leaks_no_token_and_no_key(short_tmp, fake_node, monkeypat
     # the control sockets live in the lab's own 0700 directory
     argv = [json.loads(line) for line in (fake_node / "ssh-argv.log").read_text().splitlines()]
     paths = {o[len("ControlPath="):] for a in argv for o in a if o.startswith("ControlPath=")}
-    assert paths == {str(Path(os.path.abspath(state_dir)) / "ssh" / "%C")}
-    assert mode(state_dir / "ssh") == 0o700
+    # "lab state" has a space, which ssh would split ControlPath at: a private directory elsewhere
+    private = control_dir(state_dir)
+    assert paths == {str(private / "%C")} and private != state_dir / "ssh" and mode(private) == 0o700
 
 
 # --------------------------------------------------------------------------- redaction
@@ -354,6 +355,22 @@ def test_control_path_is_private_and_short_enough_for_a_socket(short_tmp, monkey
     else:
         assert directory.parent == Path("/tmp") and directory.name.startswith(f"dslab-{os.getuid()}-")
         assert SshRunner(state / "ssh_config").control_path() == runner.control_path()  # one per lab
+
+
+@pytest.mark.parametrize("name", ["my lab", "100%", "${HOME}x", "tab\there"])
+def test_control_path_of_a_state_dir_ssh_would_misread(short_tmp, monkeypatch, name):
+    """ssh splits ControlPath at whitespace and expands % and ${}: such a state dir uses the fallback."""
+    if shutil.which("ssh") is None:
+        pytest.skip("ssh is not installed")
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    state = short_tmp / name / "st"
+    state.mkdir(parents=True)
+    (state / "ssh_config").write_text("Host k8s-master01\n  HostName 127.0.0.1\n")
+    runner = SshRunner(state / "ssh_config")
+    expanded = ssh_g_control_path(state / "ssh_config", runner._multiplex()[3])  # ssh accepts the option
+    directory = Path(expanded).parent
+    assert directory.parent == Path("/tmp") and directory.name.startswith(f"dslab-{os.getuid()}-")
+    assert stat.S_IMODE(directory.lstat().st_mode) == 0o700
 
 
 def test_control_dir_under_the_users_runtime_dir(short_tmp, tmp_path, monkeypatch):
