@@ -124,19 +124,24 @@ UPLOAD_LINE = "Uploading base box image as volume into Libvirt storage"
 class Survey:
     """What libvirt holds under the lab's names, split into the lab's own and other labs'.
 
-    ``adopt`` is the set of domain UUIDs ``.vagrant`` records (read from it when None): a
-    domain without any lab id whose UUID is among them was made by this lab before labs
-    carried an id, and is the lab's.
+    ``adopt`` maps the domain UUIDs ``.vagrant`` records to their machine names (read from it
+    when None): a domain without any lab id, with one of those UUIDs and the name the lab gives
+    that machine, was made by this lab before labs carried an id, and is the lab's. A domain is
+    the lab's only under the lab's prefix: whatever its description says, destroy never removes
+    another name's machine or disks.
     """
 
-    def __init__(self, cfg: LabConfig, conn, owner: identity.Owner, adopt: Optional[Set[str]] = None):
-        self.adopt = set(machines.recorded_machines(cfg).values()) if adopt is None else set(adopt)
+    def __init__(self, cfg: LabConfig, conn, owner: identity.Owner, adopt: Optional[Dict[str, str]] = None):
+        if adopt is None:
+            adopt = {uuid: name for name, uuid in machines.recorded_machines(cfg).items()}
+        self.adopt = dict(adopt)
         self.domains: Dict[str, object] = {}
         self.foreign: List[str] = []
         planned = {cfg.domain_name(n) for n in cfg.nodes}
         present = set()
         lab_ids = set()    # every lab id some domain on the host carries
         attached = set()   # the domains attached to a network named like the lab's
+        adopted_names = set()  # the lab's machines made before labs carried an id
         for dom in conn.listAllDomains(0):
             name = dom.name()
             present.add(name)
@@ -146,14 +151,18 @@ class Survey:
                 lab_ids.add(found)
             if on_net:
                 attached.add(name)
-            if owner.owns(found) or (found is None and dom.UUIDString() in self.adopt):
+            adopted = found is None and name == cfg.domain_prefix + self.adopt.get(dom.UUIDString(), "\0")
+            if name.startswith(cfg.domain_prefix) and (owner.owns(found) or adopted):
                 self.domains[name] = dom
+                if adopted:
+                    adopted_names.add(name)
             elif name in planned or (name.startswith(cfg.domain_prefix) and on_net):
                 self.foreign.append(name)
         net, owned = network.owned_network(cfg, conn, owner)
         if net is not None and not owned and net.UUIDString() not in lab_ids:
-            # A network made before labs carried an id: the lab's when only the lab's machines use it.
-            owned = bool(attached) and attached <= set(self.domains)
+            # A network made before labs carried an id: the lab's when only the lab's machines of that
+            # time (adopted by their .vagrant UUIDs) use it.
+            owned = bool(attached) and attached <= adopted_names
         self.network = net if owned else None
         self.network_uuid = net.UUIDString() if owned else None
         if net is not None and not owned:

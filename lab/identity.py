@@ -49,6 +49,11 @@ def valid(value) -> bool:
     return isinstance(value, str) and re.fullmatch(_UUID, value) is not None
 
 
+def made_here(value: str, state_dir: Path) -> bool:
+    """True when the id ``value`` was made for ``state_dir`` on this host (its first half)."""
+    return value.replace("-", "")[:_HOME_HEX] == home(state_dir)
+
+
 def lab_id(state) -> str:
     """The id kept in ``state`` (a :class:`~lab.context.State`), made and recorded on first use."""
     value = state.get(STATE_KEY)
@@ -58,6 +63,11 @@ def lab_id(state) -> str:
     elif not valid(value):
         raise ConfigError([f"{state.path}: {STATE_KEY} is damaged; remove the {STATE_KEY!r} key and run the task "
                            "again (the lab's objects are still recognised from its state directory)"])
+    elif not made_here(value, state.path.parent):
+        raise ConfigError([f"lab.state_dir: {state.path} was copied or moved from another state directory or host "
+                           f"(its {STATE_KEY} was made for another path): run the task where the lab was made, or "
+                           f"remove the {STATE_KEY!r} key to start a new lab here (the other lab's objects are then "
+                           "left alone)"])
     return value
 
 
@@ -76,7 +86,8 @@ def recorded_id(state_dir: Path) -> Optional[str]:
         value = json.loads((Path(state_dir) / "state.json").read_text()).get(STATE_KEY)
     except (OSError, ValueError, AttributeError):
         return None
-    return value if valid(value) else None
+    # A state copied from another directory or host names another lab's objects: not this one's.
+    return value if valid(value) and made_here(value, state_dir) else None
 
 
 class Owner:
@@ -91,7 +102,7 @@ class Owner:
         """True when ``object_id`` is the state's id or was made for this state directory."""
         if not valid(object_id):
             return False
-        return object_id == self.id or object_id.replace("-", "")[:_HOME_HEX] == self.home
+        return object_id == self.id or made_here(object_id, self.state_dir)
 
 
 def description(name: str, lab_id: Optional[str]) -> str:

@@ -30,11 +30,13 @@ task (:func:`lab.tasks._load`).
 from __future__ import annotations
 
 import difflib
+import io
 import errno
 import os
 from pathlib import Path
 from typing import Any, List
 
+import yaml
 from invoke import Config
 from invoke.config import AmbiguousMergeError, merge_dicts
 from invoke.exceptions import UnknownFileType, UnpicklableConfigMember
@@ -105,7 +107,8 @@ def _load_yaml(self, path):
     """invoke's YAML reader, bounded and never failing (see the module docstring)."""
     try:
         with open(path) as handle:
-            data = lab_config.load_yaml(handle, str(path))
+            text = handle.read()
+        data = lab_config.load_yaml(io.StringIO(text), str(path))
     except FileNotFoundError:
         raise  # invoke goes on to the next suffix (or records "not found")
     except OSError as exc:
@@ -118,6 +121,13 @@ def _load_yaml(self, path):
     except UnicodeDecodeError:
         _add(f"lab: {path} is not UTF-8 text; save it as UTF-8")
         return {}
+    if isinstance(data, dict):
+        # The lab's settings follow YAML 1.2's core rules (010 and yes stay text); invoke's own
+        # settings keep the YAML 1.1 meaning invoke gives them (`dedupe: no` is false). The
+        # document passed the bounded checks above, so reading it again is safe.
+        classic = yaml.safe_load(text)
+        if isinstance(classic, dict):
+            data = {**{k: v for k, v in classic.items() if k != "lab"}, **({"lab": data["lab"]} if "lab" in data else {})}
     return clean_document(data, str(path))
 
 

@@ -256,6 +256,18 @@ def test_yaml_1_1_booleans_are_names(project, text, value):
     assert (json.loads(result.stdout)["name"], json.loads(result.stdout)["workers"]) == (value, 1)
 
 
+def test_invokes_own_settings_keep_their_yaml_1_1_meaning(tmp_path):
+    """Only the lab's settings read YAML 1.2's way; `echo: no` beside them stays false for invoke."""
+    from invoke import Config
+
+    from lab import sources
+    (tmp_path / "invoke.yaml").write_text("run:\n  echo: no\ntasks:\n  dedupe: off\nlab:\n  name: \"no\"\n  workers: 1\n")
+    sources.install()
+    config = Config(project_location=str(tmp_path))
+    config.load_project()
+    assert (config.run.echo, config.tasks.dedupe, config.lab.name, config.lab.workers) == (False, False, "no", 1)
+
+
 # ----------------------------------------------------------------- strings
 
 STRINGS = [

@@ -508,3 +508,61 @@ def test_machines_carry_the_labs_id_in_their_libvirt_description(tmp_path):
     (cfg.state_dir / "Vagrantfile").write_text(text.replace("libvirt.description", "libvirt.descriptionx"))
     misspelt = validate()
     assert misspelt.returncode != 0 and "descriptionx" in misspelt.stdout + misspelt.stderr
+
+
+def _node_file(tmp_path, domains, volumes, networks):
+    nets = "".join(f"<network><name>{n}</name>{f'<uuid>{u}</uuid>' if u else ''}<bridge name='br{i}'/>"
+                   f"<ip address='10.{i}.0.1' netmask='255.255.255.0'/></network>"
+                   for i, (n, u) in enumerate(networks, start=1))
+    path = tmp_path / "node.xml"
+    path.write_text(f"<node>{''.join(domains)}{nets}<pool type='dir'><name>default</name>"
+                    f"<target><path>/pool</path></target>{''.join(volume(v) for v in volumes)}</pool></node>")
+    return f"test://{path}"
+
+
+def test_a_claimed_domain_outside_the_labs_prefix_is_never_the_labs(tmp_path):
+    """Whatever its description says, a machine named otherwise keeps itself and its disks."""
+    cfg, lab_id = lab_at(tmp_path, "state")
+    uri = _node_file(tmp_path, [domain("precious", "dslab_net", [], lab_id)], ["precious.img"],
+                     [("dslab_net", lab_id)])
+    cfg = config.load({"libvirt_uri": uri, "state_dir": str(cfg.state_dir)})
+    with network.connect(uri) as conn:
+        found = destroy.libvirt_leftovers(cfg, conn)
+    assert found["domains"] == [] and "precious.img" not in found["volumes"]
+
+
+def test_a_recorded_uuid_adopts_only_the_machine_of_that_name(tmp_path):
+    cfg, _lab_id = lab_at(tmp_path, "state")
+    recorded = str(uuidlib.uuid4())
+    vagrant = cfg.state_dir / ".vagrant" / "machines" / "k8s-master01" / "libvirt"
+    vagrant.mkdir(parents=True)
+    (vagrant / "id").write_text(recorded)
+    legacy = domain("dslab_k8s-worker01", "dslab_net", [], description="").replace(
+        "<name>", f"<uuid>{recorded}</uuid><name>")  # the recorded UUID on another machine's name
+    uri = _node_file(tmp_path, [legacy], ["dslab_k8s-worker01.img"], [("dslab_net", str(uuidlib.uuid4()))])
+    cfg = config.load({"libvirt_uri": uri, "state_dir": str(cfg.state_dir)})
+    with network.connect(uri) as conn:
+        found = destroy.libvirt_leftovers(cfg, conn)
+    assert found["domains"] == [] and found["networks"] == []
+
+
+def test_a_same_named_network_is_not_adopted_through_machines_that_carry_an_id(tmp_path):
+    """Only machines made before ids (adopted by .vagrant) make an id-less network the lab's."""
+    cfg, lab_id = lab_at(tmp_path, "state")
+    uri = _node_file(tmp_path, [domain("dslab_k8s-master01", "dslab_net", [], lab_id)], [],
+                     [("dslab_net", str(uuidlib.uuid4()))])  # another checkout's network, same name
+    cfg = config.load({"libvirt_uri": uri, "state_dir": str(cfg.state_dir)})
+    with network.connect(uri) as conn:
+        found = destroy.libvirt_leftovers(cfg, conn)
+    assert found["domains"] == ["dslab_k8s-master01"] and found["networks"] == []
+
+
+def test_a_copied_state_directory_owns_nothing_of_the_original(tmp_path):
+    cfg, lab_id = lab_at(tmp_path, "state")
+    shutil.copytree(cfg.state_dir, tmp_path / "copy")
+    copy = config.load({"state_dir": str(tmp_path / "copy")})
+    assert identity.recorded_id(copy.state_dir) is None
+    assert not identity.Owner(copy.state_dir).owns(lab_id)
+    with pytest.raises(config.ConfigError) as err:
+        identity.ensure_id(copy)
+    assert "was copied or moved from another state directory" in str(err.value)
