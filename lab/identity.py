@@ -96,7 +96,6 @@ class Owner:
     def __init__(self, state_dir: Path, lab_id: Optional[str] = None):
         self.state_dir = Path(state_dir)
         self.id = lab_id if lab_id is not None else recorded_id(self.state_dir)
-        self.home = home(self.state_dir)
 
     def owns(self, object_id: Optional[str]) -> bool:
         """True when ``object_id`` is the state's id or was made for this state directory."""
