@@ -62,6 +62,17 @@ class Profile:
     centos_vault_url: Optional[str] = None  # EL7 only: base repos rewritten to this vault tree
     containerd_version: Optional[str] = None  # containerd.io beside docker-ce on EL; None: the newest
     calico_images: Tuple[str, ...] = ()  # `docker save` members of calico_manifest's archive, loaded on every node
+    # What the profile's versions can do, read by validation, rendering and lab.verify
+    # instead of comparing profile names or version strings:
+    dual_stack_services: bool = True  # Service ipFamilyPolicy/ipFamilies/clusterIPs (1.20+)
+    host_ips: bool = True  # Pod status.hostIPs (beta, on by default, from 1.29)
+    endpoint_slices: bool = True  # EndpointSlice controller on by default (1.18+); else read Endpoints
+    legacy_metallb: bool = False  # MetalLB configured by its `config` ConfigMap (0.9), not by CRDs
+    kube_proxy_modes: Tuple[str, ...] = ("ipvs", "nftables")  # nftables from 1.31
+    needs_cri_dockerd: bool = True  # runtime docker goes through cri-dockerd (dockershim removed in 1.24)
+    client_image: str = "registry.k8s.io/e2e-test-images/agnhost:2.53"  # lab.verify's client pods (curl, dig, sh)
+    # The focus selecting the upstream dual-stack e2e tests of this version (test/e2e/network/dual_stack.go)
+    e2e_focus: str = r"\[Feature:IPv6DualStack\]"
 
     @property
     def kubernetes_minor(self) -> str:
@@ -184,6 +195,17 @@ SEED_2020 = Profile(
         ),
     ),
     centos_vault_url="https://vault.centos.org/7.9.2009",
+    dual_stack_services=False,
+    host_ips=False,
+    endpoint_slices=False,
+    legacy_metallb=True,
+    kube_proxy_modes=("ipvs",),
+    needs_cri_dockerd=False,
+    # agnhost's 1.17-era tag (2.8) lived on gcr.io/kubernetes-e2e-test-images; an older
+    # registry.k8s.io tag stands in.
+    client_image="registry.k8s.io/e2e-test-images/agnhost:2.39",
+    # 1.16-1.18 tag the dual-stack tests [Feature:IPv6DualStackAlphaFeature] (dual_stack.go at v1.17.2)
+    e2e_focus=r"\[Feature:IPv6DualStackAlphaFeature\]",
 )
 
 def _unpinned(download: Optional[Download]) -> bool:
@@ -196,7 +218,7 @@ def missing_pins(profile: Profile, runtime: str) -> List[Tuple[str, str]]:
     Such a step refuses to run rather than install something unchecked.
     """
     found = []
-    if runtime == "docker" and profile.name == "current" and _unpinned(profile.cri_dockerd):
+    if runtime == "docker" and profile.needs_cri_dockerd and _unpinned(profile.cri_dockerd):
         found.append(("runtime", "cri-dockerd has no pinned URL and checksum"))
     if profile.kubernetes_node_archive is not None and _unpinned(profile.kubernetes_node_archive):
         found.append(("kubernetes", "the Kubernetes node archive has no checksum"))
