@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from lab import config
-from lab.verify import cluster, network, parse
+from lab.verify import (
+    cni, dns, ingress, kube, network, nginx, node_objects, parse, pod_objects, probes, proxy, service_objects,
+)
 from lab.verify.model import FAIL, PASS, result_from_findings
 from lab.verify.parse import Section, sectioned_script
 
@@ -218,8 +220,8 @@ def test_ping_command_works_on_old_and_new_iputils(cfg36):
 
 
 def test_pod_cidrs_pass_both_eras(cfg36, cfg17):
-    assert cluster.evaluate_pod_cidrs(load("nodes-1.36.json"), cfg36) == []
-    assert cluster.evaluate_pod_cidrs(load("nodes-1.17.json"), cfg17) == []
+    assert node_objects.evaluate_pod_cidrs(load("nodes-1.36.json"), cfg36) == []
+    assert node_objects.evaluate_pod_cidrs(load("nodes-1.17.json"), cfg17) == []
 
 
 def test_pod_cidrs_failures(cfg36):
@@ -227,7 +229,7 @@ def test_pod_cidrs_failures(cfg36):
     nodes["items"][0]["spec"]["podCIDRs"] = ["10.244.0.0/24"]  # single-stack allocation
     nodes["items"][1]["spec"]["podCIDRs"] = ["10.244.1.0/24", "fd00:9::/64"]  # outside the subnet
     del nodes["items"][2]["spec"]["podCIDRs"], nodes["items"][2]["spec"]["podCIDR"]
-    assert problems(cluster.evaluate_pod_cidrs(nodes, cfg36)) == [
+    assert problems(node_objects.evaluate_pod_cidrs(nodes, cfg36)) == [
         "k8s-master01: 0 IPv6 podCIDRs",
         "k8s-worker01: IPv6 podCIDR fd00:9::/64 is not one IPv6 /64 inside fd00:2::/48",
         "k8s-worker02: 0 IPv4 podCIDRs",
@@ -237,21 +239,21 @@ def test_pod_cidrs_failures(cfg36):
 
 def test_controller_manager_allocates_flag():
     pods = load("kube-controller-manager-pods.json")
-    assert cluster.controller_manager_allocates(pods) is True
+    assert node_objects.controller_manager_allocates(pods) is True
     pods["items"][0]["spec"]["containers"][0]["command"].remove("--allocate-node-cidrs=true")
-    assert cluster.controller_manager_allocates(pods) is False
-    assert cluster.controller_manager_allocates(None) is None
+    assert node_objects.controller_manager_allocates(pods) is False
+    assert node_objects.controller_manager_allocates(None) is None
 
 
 # ============================================================ node-internal-ips
 
 
 def test_node_internal_ips_pass_current(cfg36):
-    assert cluster.evaluate_node_internal_ips(load("nodes-1.36.json"), cfg36, 36) == []
+    assert node_objects.evaluate_node_internal_ips(load("nodes-1.36.json"), cfg36, 36) == []
 
 
 def test_node_internal_ips_117_ipv4_only_is_a_note(cfg17):
-    found = cluster.evaluate_node_internal_ips(load("nodes-1.17.json"), cfg17, 17)
+    found = node_objects.evaluate_node_internal_ips(load("nodes-1.17.json"), cfg17, 17)
     assert problems(found) == []
     assert notes(found) == ["no IPv6 InternalIP on k8s-master01, k8s-worker01, k8s-worker02: expected limitation of "
                             "Kubernetes 1.17 (kubelet --node-ip takes one address until 1.20)"]
@@ -260,14 +262,14 @@ def test_node_internal_ips_117_ipv4_only_is_a_note(cfg17):
 
 
 def test_node_internal_ips_missing_ipv6_fails_on_current(cfg36):
-    found = cluster.evaluate_node_internal_ips(load("nodes-1.17.json"), cfg36, 36)
+    found = node_objects.evaluate_node_internal_ips(load("nodes-1.17.json"), cfg36, 36)
     assert problems(found)[0] == "k8s-master01: no IPv6 InternalIP"
 
 
 def test_node_internal_ips_vagrant_nat(cfg36):
     nodes = load("nodes-1.36.json")
     nodes["items"][1]["status"]["addresses"][0]["address"] = "192.168.121.57"
-    found = cluster.evaluate_node_internal_ips(nodes, cfg36, 36)
+    found = node_objects.evaluate_node_internal_ips(nodes, cfg36, 36)
     assert problems(found) == ["k8s-worker01: IPv4 InternalIP is 192.168.121.57, not 192.168.200.21"]
     assert "Vagrant NAT" in found[0].look_at
 
@@ -276,8 +278,8 @@ def test_node_internal_ips_vagrant_nat(cfg36):
 
 
 def test_pod_ips_pass(cfg36, cfg17):
-    assert cluster.evaluate_pod_ips(load("pods-1.36.json"), cfg36, 36) == []
-    assert cluster.evaluate_pod_ips(load("pods-1.17.json"), cfg17, 17) == []
+    assert pod_objects.evaluate_pod_ips(load("pods-1.36.json"), cfg36, 36) == []
+    assert pod_objects.evaluate_pod_ips(load("pods-1.17.json"), cfg17, 17) == []
 
 
 def test_pod_ips_failures(cfg36):
@@ -286,7 +288,7 @@ def test_pod_ips_failures(cfg36):
     first = pods["items"][1]["status"]
     first["podIPs"] = list(reversed(first["podIPs"]))  # podIP != podIPs[0]
     pods["items"][2]["status"]["hostIPs"] = [{"ip": "192.168.200.22"}]
-    assert problems(cluster.evaluate_pod_ips(pods, cfg36, 36)) == [
+    assert problems(pod_objects.evaluate_pod_ips(pods, cfg36, 36)) == [
         "default/my-nginx-7d9c6f8b5d-4xkzp: podIPs 10.244.32.194 is not one IPv4 and one IPv6",
         "default/my-nginx-7d9c6f8b5d-9wq2m: podIP 10.244.79.3 is not podIPs[0] fd00:2::b5a5:4f8:6a6e:ac02",
         "default/my-nginx-7d9c6f8b5d-tj8ls: hostIPs 192.168.200.22 are not k8s-worker02's",
@@ -296,9 +298,9 @@ def test_pod_ips_failures(cfg36):
 def test_pod_ips_outside_subnet_and_none(cfg36):
     pods = load("pods-1.36.json")
     pods["items"][0]["status"]["podIPs"][1]["ip"] = "fd00:1::242:ac11:2"  # Docker's fixed-cidr-v6, not Calico
-    assert problems(cluster.evaluate_pod_ips(pods, cfg36, 36)) == [
+    assert problems(pod_objects.evaluate_pod_ips(pods, cfg36, 36)) == [
         "default/my-nginx-7d9c6f8b5d-4xkzp: podIPs fd00:1::242:ac11:2 outside the pod subnets"]
-    assert problems(cluster.evaluate_pod_ips({"items": []}, cfg36, 36)) == [
+    assert problems(pod_objects.evaluate_pod_ips({"items": []}, cfg36, 36)) == [
         "no nginx pods found (pods labelled app=my-nginx in namespace default)"]
 
 
@@ -306,12 +308,12 @@ def test_pod_ips_outside_subnet_and_none(cfg36):
 
 
 def test_service_families_pass_current(cfg36):
-    found = cluster.evaluate_service_families(load("services-1.36.json"), load("endpointslices-1.36.json"), None, cfg36, 36)
+    found = service_objects.evaluate_service_families(load("services-1.36.json"), load("endpointslices-1.36.json"), None, cfg36, 36)
     assert found == []
 
 
 def test_service_families_pass_117_with_notes(cfg17):
-    found = cluster.evaluate_service_families(load("services-1.17.json"), load("endpointslices-1.17-empty.json"),
+    found = service_objects.evaluate_service_families(load("services-1.17.json"), load("endpointslices-1.17-empty.json"),
                                               load("endpoints-1.17.json"), cfg17, 17)
     assert problems(found) == []
     assert len(notes(found)) == 2 and "single-family" in notes(found)[0]
@@ -324,7 +326,7 @@ def test_service_families_current_failures(cfg36):
     services["items"][2]["spec"]["ipFamilyPolicy"] = "RequireDualStack"  # one family only
     slices = load("endpointslices-1.36.json")
     slices["items"] = [s for s in slices["items"] if not (s["metadata"]["name"].startswith("my-nginx-svc-dual") and s["addressType"] == "IPv6")]
-    got = problems(cluster.evaluate_service_families(services, slices, None, cfg36, 36))
+    got = problems(service_objects.evaluate_service_families(services, slices, None, cfg36, 36))
     assert got == [
         "default/my-nginx-svc-ipv4: ipFamilyPolicy RequireDualStack with ipFamilies ['IPv4']",
         "default/my-nginx-svc-dual: clusterIPs fd00:3::9a1, 10.96.120.7 do not match its families IPv4, IPv6",
@@ -337,7 +339,7 @@ def test_service_families_outside_range_and_no_dual(cfg36):
     services = load("services-1.36.json")
     services["items"] = services["items"][:5]  # no my-nginx-svc-dual
     services["items"][3]["spec"]["clusterIP"] = services["items"][3]["spec"]["clusterIPs"][0] = "fd00:4::5068"
-    got = problems(cluster.evaluate_service_families(services, load("endpointslices-1.36.json"), None, cfg36, 36))
+    got = problems(service_objects.evaluate_service_families(services, load("endpointslices-1.36.json"), None, cfg36, 36))
     assert got == ["default/my-nginx-svc-ipv6: cluster IP fd00:4::5068 outside the service subnets",
                    "no nginx Service is dual-stack"]
 
@@ -348,7 +350,7 @@ def test_service_families_117_failures(cfg17):
     services["items"][3]["spec"]["clusterIP"] = "10.96.7.7"  # ipFamily IPv6 but an IPv4 cluster IP
     endpoints = load("endpoints-1.17.json")
     endpoints["items"][3]["subsets"][0]["addresses"][0]["ip"] = "10.244.32.194"
-    got = problems(cluster.evaluate_service_families(services, None, endpoints, cfg17, 17))
+    got = problems(service_objects.evaluate_service_families(services, None, endpoints, cfg17, 17))
     assert got == [
         "default/my-nginx-svc-ipv4: no spec.ipFamily",
         "default/my-nginx-svc-ipv6: clusterIPs 10.96.7.7 do not match its families IPv6",
@@ -360,19 +362,19 @@ def test_service_families_117_failures(cfg17):
 
 
 def test_pod_to_pod_targets_cover_both_families():
-    targets = cluster.pod_to_pod_targets(load("pods-1.36.json"))
+    targets = probes.pod_to_pod_targets(load("pods-1.36.json"))
     assert len(targets) == 6
     assert "http://[fd00:2::6c1a:2f3e:9b04:20c1]:80/" in [t.url for t in targets]
 
 
 def test_evaluate_probes_pass_and_fail():
-    targets = cluster.cluster_ip_targets(load("services-1.36.json"))
+    targets = probes.cluster_ip_targets(load("services-1.36.json"))
     assert [t.url for t in targets] == ["http://10.96.48.15:80/", "http://[fd00:3::5068]:80/", "http://[fd00:3::1ff3]:80/",
                                         "http://10.96.120.7:80/", "http://[fd00:3::9a1]:80/"]
     ok = sections_text({t.key: (0, "200") for t in targets})
-    assert cluster.evaluate_probes({"client on k8s-worker01": ok}, {"client on k8s-worker01": targets}) == []
+    assert probes.evaluate_probes({"client on k8s-worker01": ok}, {"client on k8s-worker01": targets}) == []
     bad = sections_text({**{t.key: (0, "200") for t in targets}, targets[1].key: (28, "000")})
-    found = cluster.evaluate_probes({"client on k8s-worker01": bad, "client on k8s-worker02": None},
+    found = probes.evaluate_probes({"client on k8s-worker01": bad, "client on k8s-worker02": None},
                                     {"client on k8s-worker01": targets, "client on k8s-worker02": targets})
     assert problems(found) == ["client on k8s-worker01 -> Service my-nginx-svc-ipv6 fd00:3::5068:80: HTTP 000",
                                "client on k8s-worker02: could not run the probes"]
@@ -382,7 +384,7 @@ def test_evaluate_probes_pass_and_fail():
 def test_node_port_targets_respect_local_policy(cfg36):
     pods = load("pods-1.36.json")
     pods["items"] = pods["items"][1:]  # no nginx on the control plane
-    targets = cluster.node_port_targets(load("services-1.36.json"), pods, cfg36)
+    targets = probes.node_port_targets(load("services-1.36.json"), pods, cfg36)
     urls = [t.url for t in targets]
     assert "http://[fd00:db1::21]:32405/" in urls and "http://192.168.200.22:30080/" in urls
     assert not any("192.168.200.11" in u or "fd00:db1::11]" in u for u in urls)
@@ -394,8 +396,8 @@ def test_node_port_targets_respect_local_policy(cfg36):
 
 def _dig_outputs(services, override=None):
     answers = {}
-    for key, (svc, rtype, _fqdn) in cluster.dns_queries(services).items():
-        want = [a for a in cluster.service_cluster_ips(svc) if (":" in a) == (rtype == "AAAA")]
+    for key, (svc, rtype, _fqdn) in dns.dns_queries(services).items():
+        want = [a for a in kube.service_cluster_ips(svc) if (":" in a) == (rtype == "AAAA")]
         answers[key] = (0, "\n".join(want))
     answers.update(override or {})
     return {"client on k8s-master01": sections_text(answers)}
@@ -404,12 +406,12 @@ def _dig_outputs(services, override=None):
 def test_cluster_dns_pass_both_eras():
     for name in ("services-1.36.json", "services-1.17.json"):
         services = load(name)
-        assert cluster.evaluate_cluster_dns(_dig_outputs(services), services) == []
+        assert dns.evaluate_cluster_dns(_dig_outputs(services), services) == []
 
 
 def test_cluster_dns_failures():
     services = load("services-1.36.json")
-    found = cluster.evaluate_cluster_dns(_dig_outputs(services, {"my-nginx-svc-dual/AAAA": (0, ""),
+    found = dns.evaluate_cluster_dns(_dig_outputs(services, {"my-nginx-svc-dual/AAAA": (0, ""),
                                                                   "my-nginx-svc-ipv4/AAAA": (0, "fd00:3::77")}), services)
     assert problems(found) == [
         "client on k8s-master01: AAAA my-nginx-svc-ipv4.default.svc.cluster.local answered fd00:3::77",
@@ -422,8 +424,8 @@ def test_cluster_dns_failures():
 
 
 def test_kube_proxy_config_pass_both_eras(cfg36, cfg17):
-    assert cluster.evaluate_kube_proxy_config(load("kube-proxy-cm-1.36.json"), cfg36) == []
-    assert cluster.evaluate_kube_proxy_config(load("kube-proxy-cm-1.17.json"), cfg17) == []
+    assert proxy.evaluate_kube_proxy_config(load("kube-proxy-cm-1.36.json"), cfg36) == []
+    assert proxy.evaluate_kube_proxy_config(load("kube-proxy-cm-1.17.json"), cfg17) == []
 
 
 def test_kube_proxy_config_failures(cfg17):
@@ -432,10 +434,10 @@ def test_kube_proxy_config_failures(cfg17):
                                  .replace("strictARP: true", "strictARP: false")
                                  .replace("clusterCIDR: 10.244.0.0/16,fd00:2::/48", "clusterCIDR: 10.244.0.0/16")
                                  .replace("featureGates:\n  IPv6DualStack: true\n", ""))
-    assert problems(cluster.evaluate_kube_proxy_config(cm, cfg17)) == [
+    assert problems(proxy.evaluate_kube_proxy_config(cm, cfg17)) == [
         "kube-proxy mode is ''", "kube-proxy ipvs.strictARP is not true",
         "kube-proxy clusterCIDR is '10.244.0.0/16'", "kube-proxy lacks featureGates IPv6DualStack: true"]
-    assert problems(cluster.evaluate_kube_proxy_config(None, cfg17)) == ["no kube-system/kube-proxy ConfigMap"]
+    assert problems(proxy.evaluate_kube_proxy_config(None, cfg17)) == ["no kube-system/kube-proxy ConfigMap"]
 
 
 MODULES = ("ip_vs_sh 12688 0 - Live 0xffffffffc0a1e000\nip_vs_wrr 12697 0 - Live 0xffffffffc0a19000\n"
@@ -453,18 +455,18 @@ def _proxy_output(ipvsadm=None, mode="ipvs", modules=MODULES, sysctl=SYSCTL):
 
 
 def test_node_proxy_pass(cfg36):
-    exp = cluster.ipvs_expectations(load("services-1.36.json"), load("pods-1.36.json"), cfg36)
+    exp = proxy.ipvs_expectations(load("services-1.36.json"), load("pods-1.36.json"), cfg36)
     assert len(exp) == 10  # 5 cluster IPs, 3 LoadBalancer IPs, 2 externalIPs
-    assert cluster.evaluate_node_proxy({"k8s-worker01": _proxy_output()}, exp) == []
+    assert proxy.evaluate_node_proxy({"k8s-worker01": _proxy_output()}, exp) == []
 
 
 def test_node_proxy_failures(cfg36):
-    exp = cluster.ipvs_expectations(load("services-1.36.json"), load("pods-1.36.json"), cfg36)
+    exp = proxy.ipvs_expectations(load("services-1.36.json"), load("pods-1.36.json"), cfg36)
     table = load("ipvsadm-worker01-1.36.txt")
     table = table.replace("TCP  [fd00:3::5068]:80 rr", "TCP  [fd00:3::5069]:80 rr")  # IPv6 cluster IP missing
     table = table.replace("TCP  [fd00:db1::240]:80 rr\n  -> [fd00:2::b5a5:4f8:6a6e:ac02]:80 Masq    1      0          0         \n",
                           "TCP  [fd00:db1::240]:80 rr\n")  # Local LB on a node with a pod: no backend
-    found = cluster.evaluate_node_proxy({"k8s-worker01": _proxy_output(table, mode="iptables",
+    found = proxy.evaluate_node_proxy({"k8s-worker01": _proxy_output(table, mode="iptables",
                                                                        modules=MODULES.replace("ip_vs_rr", "xx"),
                                                                        sysctl=SYSCTL.replace("net.bridge.bridge-nf-call-ip6tables = 1\n", ""))}, exp)
     assert problems(found) == [
@@ -480,10 +482,10 @@ def test_node_proxy_failures(cfg36):
 def test_local_lb_without_backend_is_fine_on_a_node_without_pods(cfg36):
     pods = load("pods-1.36.json")
     pods["items"] = [p for p in pods["items"] if p["spec"]["nodeName"] != "k8s-worker01"]
-    exp = cluster.ipvs_expectations(load("services-1.36.json"), pods, cfg36)
+    exp = proxy.ipvs_expectations(load("services-1.36.json"), pods, cfg36)
     table = load("ipvsadm-worker01-1.36.txt").replace(
         "TCP  [fd00:db1::240]:80 rr\n  -> [fd00:2::b5a5:4f8:6a6e:ac02]:80 Masq    1      0          0         \n", "TCP  [fd00:db1::240]:80 rr\n")
-    found = cluster.evaluate_node_proxy({"k8s-worker01": _proxy_output(table)}, exp)
+    found = proxy.evaluate_node_proxy({"k8s-worker01": _proxy_output(table)}, exp)
     # the remaining failures are backends of the removed pod, which ipvsadm still lists
     assert not any("has no backends" in p for p in problems(found))
 
@@ -492,7 +494,7 @@ def test_local_lb_without_backend_is_fine_on_a_node_without_pods(cfg36):
 
 
 def test_calico_pass(cfg36):
-    assert cluster.evaluate_calico(load("ippools.json"), load("calico-node-pods.json"), load("nodes-1.36.json"), cfg36) == []
+    assert cni.evaluate_calico(load("ippools.json"), load("calico-node-pods.json"), load("nodes-1.36.json"), cfg36) == []
 
 
 def test_calico_failures(cfg36):
@@ -503,7 +505,7 @@ def test_calico_failures(cfg36):
     nodes = load("nodes-1.36.json")
     del nodes["items"][1]["metadata"]["annotations"]["projectcalico.org/IPv6Address"]
     nodes["items"][0]["metadata"]["annotations"]["projectcalico.org/IPv4Address"] = "192.168.121.57/24"
-    found = cluster.evaluate_calico(pools, pods, nodes, cfg36)
+    found = cni.evaluate_calico(pools, pods, nodes, cfg36)
     assert problems(found) == [
         "no enabled IPv6 IPPool for fd00:2::/48",
         "k8s-master01: Calico detected 192.168.121.57/24 for IPv4",
@@ -519,9 +521,9 @@ def test_calico_pool_outside_subnet_and_crd_missing(cfg36):
     extra["metadata"]["name"] = "stray"
     extra["spec"]["cidr"] = "192.168.0.0/16"  # Calico's manifest default when CALICO_IPV4POOL_CIDR was left commented
     pools["items"].append(extra)
-    assert problems(cluster.evaluate_calico(pools, load("calico-node-pods.json"), load("nodes-1.36.json"), cfg36)) == [
+    assert problems(cni.evaluate_calico(pools, load("calico-node-pods.json"), load("nodes-1.36.json"), cfg36)) == [
         "IPPool stray (192.168.0.0/16) is enabled outside the pod subnets"]
-    assert problems(cluster.evaluate_calico(None, load("calico-node-pods.json"), load("nodes-1.36.json"), cfg36)) == [
+    assert problems(cni.evaluate_calico(None, load("calico-node-pods.json"), load("nodes-1.36.json"), cfg36)) == [
         "IPPools (crd.projectcalico.org/v1) cannot be read"]
 
 
@@ -529,9 +531,9 @@ def test_calico_pool_outside_subnet_and_crd_missing(cfg36):
 
 
 def test_load_balancers_pass(cfg36, cfg17):
-    found, targets = cluster.evaluate_load_balancers(load("services-1.36.json"), cfg36)
+    found, targets = ingress.evaluate_load_balancers(load("services-1.36.json"), cfg36)
     assert found == [] and [t.url for t in targets] == ["http://[fd00:db1::240]:80/", "http://192.168.200.240:80/", "http://[fd00:db1::241]:80/"]
-    found, targets = cluster.evaluate_load_balancers(load("services-1.17.json"), cfg17)
+    found, targets = ingress.evaluate_load_balancers(load("services-1.17.json"), cfg17)
     assert found == [] and len(targets) == 1
 
 
@@ -539,7 +541,7 @@ def test_load_balancers_failures(cfg36, cfg17):
     services = load("services-1.36.json")
     services["items"][4]["status"] = {"loadBalancer": {}}  # pending
     services["items"][5]["status"]["loadBalancer"]["ingress"] = [{"ip": "192.168.200.99", "ipMode": "VIP"}]
-    found, _ = cluster.evaluate_load_balancers(services, cfg36)
+    found, _ = ingress.evaluate_load_balancers(services, cfg36)
     assert problems(found) == [
         "default/my-nginx-svc-ipv6-local: no LoadBalancer ingress IP",
         "default/my-nginx-svc-dual: ingress 192.168.200.99 does not match its families IPv4, IPv6",
@@ -547,15 +549,15 @@ def test_load_balancers_failures(cfg36, cfg17):
     ]
     old = load("services-1.17.json")
     old["items"][4]["status"]["loadBalancer"]["ingress"] = [{"ip": "192.168.200.240"}]  # MetalLB 0.9 picked IPv4
-    found, _ = cluster.evaluate_load_balancers(old, cfg17)
+    found, _ = ingress.evaluate_load_balancers(old, cfg17)
     assert problems(found) == ["default/my-nginx-svc-ipv6-local: ingress 192.168.200.240 does not match its families IPv6"]
     assert "MetalLB 0.9 cannot choose a family" in found[0].look_at
 
 
 def test_host_codes():
-    _, targets = cluster.evaluate_load_balancers(load("services-1.17.json"), config.load({"profile": "seed-2020"}))
-    assert cluster.evaluate_host_codes({targets[0].key: "200"}, targets) == []
-    assert problems(cluster.evaluate_host_codes({targets[0].key: "000"}, targets)) == [
+    _, targets = ingress.evaluate_load_balancers(load("services-1.17.json"), config.load({"profile": "seed-2020"}))
+    assert ingress.evaluate_host_codes({targets[0].key: "200"}, targets) == []
+    assert problems(ingress.evaluate_host_codes({targets[0].key: "000"}, targets)) == [
         "host -> LoadBalancer default/my-nginx-svc-ipv6-local fd00:db1::240:80: HTTP 000"]
 
 
@@ -564,7 +566,7 @@ def test_host_codes():
 
 def _client_probes():
     services = load("services-1.36.json")
-    found = cluster.local_targets(services)
+    found = ingress.local_targets(services)
     probes = {}
     for target, version in found:
         if target.key == "local-my-nginx-svc-dual/4":
@@ -577,14 +579,14 @@ def _client_probes():
 def test_client_ip_pass(cfg36):
     probes = _client_probes()
     codes = {p[2]: "200" for p in probes.values()}
-    assert cluster.evaluate_client_ip(load("nginx-access.log"), probes, codes, cfg36) == []
+    assert ingress.evaluate_client_ip(load("nginx-access.log"), probes, codes, cfg36) == []
 
 
 def test_client_ip_snat_and_missing(cfg36):
     probes = _client_probes()
     codes = {p[2]: "200" for p in probes.values()}
     log = load("nginx-access.log").replace("192.168.200.1 - -", "192.168.200.21 - -").replace("TOKEN6", "OTHER")
-    found = cluster.evaluate_client_ip(log, probes, codes, cfg36)
+    found = ingress.evaluate_client_ip(log, probes, codes, cfg36)
     assert problems(found) == [
         "my-nginx-svc-dual 192.168.200.240: nginx saw client 192.168.200.21 (k8s-worker01's address: the request was SNATed)",
         "my-nginx-svc-dual fd00:db1::241: the request is not in the nginx logs",
@@ -596,16 +598,16 @@ def test_client_ip_snat_and_missing(cfg36):
 
 
 def test_external_ips_pass(cfg36, cfg17):
-    found, targets = cluster.evaluate_external_ips(load("services-1.36.json"), cfg36)
+    found, targets = ingress.evaluate_external_ips(load("services-1.36.json"), cfg36)
     assert found == [] and [t.url for t in targets] == ["http://192.168.200.145:80/", "http://[fd00:db1::120]:80/"]
-    assert cluster.evaluate_external_ips(load("services-1.17.json"), cfg17)[0] == []
+    assert ingress.evaluate_external_ips(load("services-1.17.json"), cfg17)[0] == []
 
 
 def test_external_ips_failures(cfg36):
     services = load("services-1.36.json")
     services["items"][2]["spec"]["externalIPs"] = ["fd00:db1::120"]  # IPv6 externalIP on an IPv4 Service
     services["items"][3]["spec"]["externalIPs"] = []
-    found, _ = cluster.evaluate_external_ips(services, cfg36)
+    found, _ = ingress.evaluate_external_ips(services, cfg36)
     assert problems(found) == ["default/my-nginx-svc-ipv4: externalIP fd00:db1::120 is not of its families IPv4",
                                "no nginx Service has externalIP 192.168.200.145"]
 
@@ -615,10 +617,10 @@ def test_external_ips_failures(cfg36):
 
 def test_nginx_listens_pass_and_ipv4_only():
     ok = {"my-nginx-a": Section(0, load("proc-net-tcp-nginx.txt"))}
-    assert cluster.evaluate_nginx_listens(ok) == []
+    assert nginx.evaluate_nginx_listens(ok) == []
     bad = {"my-nginx-a": Section(0, load("proc-net-tcp-nginx-ipv4-only.txt")),
            "my-nginx-b": Section(1, "error: unable to upgrade connection: container not found")}
-    found = cluster.evaluate_nginx_listens(bad)
+    found = nginx.evaluate_nginx_listens(bad)
     assert problems(found) == ["my-nginx-a: nginx does not listen on [::]:80", "my-nginx-b: could not read /proc/net/tcp"]
     assert found[0].seen == "listening on port 80: 0.0.0.0:80"
 
@@ -631,7 +633,7 @@ def test_result_from_findings_folds():
 
 
 def test_lab_load_balancers_present_with_ingress_pass(cfg36):
-    assert cluster.missing_load_balancers(load("services-1.36.json"), cfg36) is None
+    assert ingress.missing_load_balancers(load("services-1.36.json"), cfg36) is None
 
 
 def test_missing_or_pending_load_balancers_fail_not_skip(cfg36):
@@ -640,7 +642,7 @@ def test_missing_or_pending_load_balancers_fail_not_skip(cfg36):
     for svc in kept:
         if svc["metadata"]["name"] == "my-nginx-svc-ipv6-local":
             svc["status"] = {"loadBalancer": {}}
-    result = cluster.missing_load_balancers({**services, "items": kept}, cfg36)
+    result = ingress.missing_load_balancers({**services, "items": kept}, cfg36)
     assert result is not None and result.status == "fail"
     assert "my-nginx-svc-ipv6-local" in result.message and "my-nginx-svc-dual" in result.message
     assert "my-nginx-svc-dual: absent" in result.seen

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import List, Optional, Sequence
 
 from ..errors import LabError
-from . import cluster, network
+from . import cni, dns, ingress, network, nginx, node_objects, pod_objects, probes, proxy, service_objects
 from .model import CLUSTER, LAYERS, NETWORK, Check
 
 CHECKS: tuple = (
@@ -14,20 +14,20 @@ CHECKS: tuple = (
     Check("node-dns", NETWORK, "every node resolves every node name (short and fqdn) to both planned addresses", network.node_dns),
     Check("node-reach", NETWORK, "every node pings every other node over IPv4 and IPv6", network.node_reach),
     # ---- cluster: Kubernetes, CNI, kube-proxy, MetalLB, the workload
-    Check("pod-cidrs", CLUSTER, "each node's spec.podCIDRs holds one IPv4 and one IPv6 block inside the pod subnets", cluster.check_pod_cidrs),
-    Check("node-internal-ips", CLUSTER, "each node's InternalIPs are its planned addresses, one per family", cluster.check_node_internal_ips),
-    Check("pod-ips", CLUSTER, "every nginx pod has an IPv4 and an IPv6 podIP in the pod subnets (and hostIPs)", cluster.check_pod_ips),
-    Check("service-families", CLUSTER, "each Service's families, cluster IPs and endpoints agree", cluster.check_service_families),
-    Check("calico-pools", CLUSTER, "Calico has an enabled IPPool per pod subnet and both node addresses", cluster.check_calico_pools),
-    Check("kube-proxy-ipvs", CLUSTER, "kube-proxy runs IPVS on every node with virtual servers of both families", cluster.check_kube_proxy_ipvs),
-    Check("nginx-listens", CLUSTER, "nginx listens on 0.0.0.0:80 and [::]:80 in every pod", cluster.check_nginx_listens),
-    Check("pod-to-pod", CLUSTER, "a client pod on every node reaches every nginx pod over both families", cluster.check_pod_to_pod, True),
-    Check("pod-to-service", CLUSTER, "a client pod on every node reaches every nginx cluster IP", cluster.check_pod_to_service, True),
-    Check("node-to-service", CLUSTER, "every node reaches the cluster IPs and the NodePorts on each node address", cluster.check_node_to_service),
-    Check("cluster-dns", CLUSTER, "Service names answer A = IPv4 and AAAA = IPv6 cluster IPs from pods", cluster.check_cluster_dns, True),
-    Check("metallb-ingress", CLUSTER, "LoadBalancer Services get pool addresses of their families that answer the host", cluster.check_metallb_ingress),
-    Check("client-ip-preserved", CLUSTER, "externalTrafficPolicy Local shows nginx the host's own address", cluster.check_client_ip_preserved),
-    Check("external-ips", CLUSTER, "the externalIP Services answer the host on their addresses", cluster.check_external_ips),
+    Check("pod-cidrs", CLUSTER, "each node's spec.podCIDRs holds one IPv4 and one IPv6 block inside the pod subnets", node_objects.check_pod_cidrs),
+    Check("node-internal-ips", CLUSTER, "each node's InternalIPs are its planned addresses, one per family", node_objects.check_node_internal_ips),
+    Check("pod-ips", CLUSTER, "every nginx pod has an IPv4 and an IPv6 podIP in the pod subnets (and hostIPs)", pod_objects.check_pod_ips),
+    Check("service-families", CLUSTER, "each Service's families, cluster IPs and endpoints agree", service_objects.check_service_families),
+    Check("calico-pools", CLUSTER, "Calico has an enabled IPPool per pod subnet and both node addresses", cni.check_calico_pools),
+    Check("kube-proxy-ipvs", CLUSTER, "kube-proxy runs IPVS on every node with virtual servers of both families", proxy.check_kube_proxy_ipvs),
+    Check("nginx-listens", CLUSTER, "nginx listens on 0.0.0.0:80 and [::]:80 in every pod", nginx.check_nginx_listens),
+    Check("pod-to-pod", CLUSTER, "a client pod on every node reaches every nginx pod over both families", probes.check_pod_to_pod, True),
+    Check("pod-to-service", CLUSTER, "a client pod on every node reaches every nginx cluster IP", probes.check_pod_to_service, True),
+    Check("node-to-service", CLUSTER, "every node reaches the cluster IPs and the NodePorts on each node address", probes.check_node_to_service),
+    Check("cluster-dns", CLUSTER, "Service names answer A = IPv4 and AAAA = IPv6 cluster IPs from pods", dns.check_cluster_dns, True),
+    Check("metallb-ingress", CLUSTER, "LoadBalancer Services get pool addresses of their families that answer the host", ingress.check_metallb_ingress),
+    Check("client-ip-preserved", CLUSTER, "externalTrafficPolicy Local shows nginx the host's own address", ingress.check_client_ip_preserved),
+    Check("external-ips", CLUSTER, "the externalIP Services answer the host on their addresses", ingress.check_external_ips),
 )
 
 CHECK_NAMES: tuple = tuple(c.name for c in CHECKS)
