@@ -10,13 +10,15 @@ from __future__ import annotations
 import hashlib
 import os
 import shlex
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Set
+from typing import Callable, Iterable, Optional, Set
 
-from . import calico, kubeadm, nodeenv, waits
+from . import calico, kubeadm, nodeenv, profiles, waits
+from . import kubeconfig as lab_kubeconfig
 from .config import Node
 from .context import Context
 from .errors import StepError
@@ -41,11 +43,31 @@ _sleep = time.sleep
 _now = lambda: datetime.now(timezone.utc)  # noqa: E731 - replaced by tests
 
 
-def on_nodes(nodes: Iterable[Node], action: Callable[[Node], None]) -> None:
-    """Run ``action`` for every node in parallel; raise the first failure after all finished."""
+def on_nodes(nodes: Iterable[Node], action: Callable[[Node], None], ctx: Optional[Context] = None,
+             what: str = "") -> None:
+    """Run ``action`` for every node in parallel; raise the first failure after all finished.
+
+    With ``ctx``, its progress shows ``what`` and the nodes still at it.
+    """
     nodes = list(nodes)
+    pending = [node.name for node in nodes]
+    lock = threading.Lock()
+
+    def show() -> None:
+        if ctx is not None and pending:
+            ctx.progress.action(f"{what} on {', '.join(pending)}" if what else ", ".join(pending))
+
+    def one(node: Node) -> None:
+        try:
+            action(node)
+        finally:
+            with lock:
+                pending.remove(node.name)
+                show()
+
+    show()
     with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
-        futures = [pool.submit(action, node) for node in nodes]
+        futures = [pool.submit(one, node) for node in nodes]
     for future in futures:
         future.result()
 
@@ -63,7 +85,7 @@ def script_step(*scripts: str, nodes: Callable[[Context], Iterable[Node]] = lamb
             upload_inputs(ctx, node)
             for script in scripts:
                 ctx.runner.run(node.name, ["bash", f"{REMOTE_DIR}/provision/{script}", REMOTE_ENV])
-        on_nodes(nodes(ctx), on_node)
+        on_nodes(nodes(ctx), on_node, ctx, " and ".join(scripts))
     return step
 
 
@@ -94,6 +116,7 @@ def control_plane(ctx: Context) -> None:
                         "then `invoke lab.up`", ctx.log_path)
     upload_inputs(ctx, node)
     ctx.runner.put_text(node.name, config, REMOTE_KUBEADM, "0600")
+    ctx.progress.action(f"kubeadm config images pull and kubeadm init on {node.name}")
     ctx.runner.run(node.name, ["bash", f"{REMOTE_DIR}/provision/control-plane.sh", REMOTE_ENV])
     ctx.state.set("kubeadm_applied", digest)
     pem = ctx.runner.run(node.name, ["cat", CA_CERT]).stdout.encode()
@@ -109,8 +132,9 @@ def cni(ctx: Context) -> None:
     node = ctx.cfg.control_plane.name
     profile = ctx.cfg.profile
     pin = profile.calico_manifest
-    if not pin.url or not pin.checksum:
-        raise StepError("cni", f"profile {profile.name} has no pinned Calico manifest with a checksum")
+    missing = profiles.step_pin_problems(profile, ctx.cfg.runtime, "cni")
+    if missing:
+        raise StepError("cni", f"profile {profile.name}: {'; '.join(missing)}; pin it in lab/profiles.py", ctx.log_path)
     if pin.member:
         archive = f"{REMOTE_CACHE}/{pin.url.rstrip('/').rsplit('/', 1)[-1]}"
 
@@ -120,10 +144,12 @@ def cni(ctx: Context) -> None:
             if profile.calico_images:
                 ctx.runner.run(target.name, ["bash", f"{REMOTE_DIR}/provision/load-images.sh", archive,
                                              *profile.calico_images])
-        on_nodes(ctx.cfg.nodes if profile.calico_images else [ctx.cfg.control_plane], fetch_archive)
+        on_nodes(ctx.cfg.nodes if profile.calico_images else [ctx.cfg.control_plane], fetch_archive, ctx,
+                 "Calico's release archive" + (" and its images" if profile.calico_images else ""))
         ctx.runner.run(node, f"tar -xzOf {shlex.quote(archive)} {shlex.quote(pin.member)} > "
                              f"{shlex.quote(REMOTE_CALICO_UPSTREAM)}")
     else:
+        ctx.progress.action(f"Calico {profile.calico_version} manifest on {node}")
         ctx.runner.run(node, ["bash", FETCH, *pin.fetch_args(REMOTE_CALICO_UPSTREAM)])
     upstream = ctx.runner.run(node, ["cat", REMOTE_CALICO_UPSTREAM]).stdout
     edited = calico.edit_manifest(upstream, ctx.cfg)
@@ -201,7 +227,7 @@ def join(ctx: Context) -> None:
         ctx.runner.put_text(node.name, kubeadm.render_join(ctx.cfg, node, token, ca_hash), REMOTE_JOIN, "0600")
         ctx.runner.run(node.name, ["bash", JOIN_SCRIPT, REMOTE_ENV])
 
-    on_nodes(ctx.cfg.workers, join_one)
+    on_nodes(ctx.cfg.workers, join_one, ctx, "kubeadm join")
     deadline = _clock() + ctx.cfg.ready_timeout
     for node in ctx.cfg.nodes:
         waits.wait_node_ready(ctx, node.name, deadline, clock=_clock, sleep=_sleep)
@@ -209,12 +235,13 @@ def join(ctx: Context) -> None:
 
 def kubeconfig_path(ctx: Context) -> Path:
     """Where the admin kubeconfig is kept on the host."""
-    return ctx.state_dir / "kubeconfig"
+    return ctx.layout.kubeconfig
 
 
 def fetch_kubeconfig(ctx: Context) -> None:
     """Copy the admin kubeconfig to the state directory, mode 0600."""
     text = ctx.runner.run(ctx.cfg.control_plane.name, ["cat", ADMIN_CONF], secret=True).stdout
+    text = lab_kubeconfig.for_lab(text, ctx.cfg.name)  # cluster, user and context dslab-<name>
     path = kubeconfig_path(ctx)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, KUBECONFIG_MODE)

@@ -1,7 +1,7 @@
-"""What every step and check shares: the config, the lab state, and ways to run commands.
+"""What every step and check shares: the config, the lab state, ways to run commands, the status lines.
 
-Steps of ``lab.up`` and checks of ``lab.verify`` only ever talk to the outside world
-through a :class:`Context`, so tests can hand them a recording fake instead.
+Steps of ``lab.up``, the parts of ``lab.destroy`` and checks of ``lab.verify`` only ever talk
+to the outside world through a :class:`Context`, so tests can hand them a recording fake instead.
 """
 
 from __future__ import annotations
@@ -10,12 +10,15 @@ import json
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Protocol, Sequence, Union
+from typing import Optional, Protocol, Sequence, Tuple, Union
 
+from . import layout
 from .config import LabConfig, shown
 from .errors import ConfigError
+from .private import append_private
+from .progress import Progress, Silent
 
 Command = Union[str, Sequence[str]]
 
@@ -45,11 +48,11 @@ class Runner(Protocol):
         the command handles a secret (a token, a key): its output is never logged.
         """
 
-    def put(self, node: str, local: Path, remote: str) -> None:
-        """Copy a local file to ``remote`` on ``node``."""
+    def put_text(self, node: str, text: str, remote: str, mode: str = "0644", secret: bool = False) -> None:
+        """Write ``text`` to ``remote`` on ``node`` (parent directories created)."""
 
-    def get(self, node: str, remote: str, local: Path) -> None:
-        """Copy ``remote`` from ``node`` to a local file."""
+    def put_tree(self, node: str, local_dir: Path, remote_dir: str) -> None:
+        """Copy a local directory to ``remote_dir`` on ``node``, modes kept."""
 
 
 class StateError(ConfigError):
@@ -95,19 +98,22 @@ def read_state(path: Path) -> dict:
 
 
 class State:
-    """Small persistent key/value record of what the lab has done (``state.json``)."""
+    """Small persistent key/value record of what the lab has done (``state.json``; its keys are
+    :data:`lab.layout.STATE_KEYS`). The file is read on first use, never before."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._data = read_state(self.path)
+        self._data: Optional[dict] = None
 
     def get(self, key: str, default=None):
         """The recorded value of ``key``."""
+        if self._data is None:
+            self._data = read_state(self.path)
         return self._data.get(key, default)
 
     def _reload(self) -> None:
         # Other State objects on the same file may have written since: never drop their keys.
-        if self.path.exists():
+        if self.path.exists() or self._data is None:
             self._data = read_state(self.path)
 
     def set(self, key: str, value) -> None:
@@ -130,19 +136,48 @@ class State:
         os.replace(tmp, self.path)
 
 
+class DryState(State):
+    """The lab's state as a dry run sees it: read from ``state.json``, changed in memory only."""
+
+    def _reload(self) -> None:
+        if self._data is None:
+            self._data = read_state(self.path)
+
+    def _save(self) -> None:
+        pass
+
+
 @dataclass
 class Context:
-    """Shared by every step and check."""
+    """Shared by every step of ``lab.up``, every part of ``lab.destroy`` and every check of ``lab.verify``.
+
+    ``runner`` runs commands on the nodes (None where no node is reached); ``log_path`` is the
+    run's log; ``progress`` its status lines; ``steps`` the names of the steps the run goes
+    through and ``step`` the one running now.
+    """
 
     cfg: LabConfig
     state: State
-    runner: Runner
+    runner: Optional[Runner] = None
     log_path: Optional[Path] = None
+    progress: Progress = field(default_factory=Silent)
+    steps: Tuple[str, ...] = ()
+    step: str = ""
 
     @property
     def state_dir(self) -> Path:
         """The lab's state directory."""
         return self.cfg.state_dir
+
+    @property
+    def layout(self) -> layout.Layout:
+        """The paths of the lab's state directory."""
+        return layout.Layout(self.cfg.state_dir)
+
+    def log(self, text: str) -> None:
+        """Append a line to the run's log, redacted (:func:`lab.private.redact`); nothing without a log."""
+        if self.log_path is not None:
+            append_private(self.log_path, text.rstrip("\n"))
 
     def kubectl(self, args: Sequence[str], *, input: Optional[str] = None, check: bool = True,
                 timeout: Optional[float] = None) -> Result:

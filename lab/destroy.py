@@ -17,6 +17,10 @@ kept. Same-named objects of another lab are left alone; then the state directory
 (``state.json``, ``.vagrant``) and destroy fails with one line naming them and the
 ``virsh`` commands that remove them by hand. Safe to run twice; a part that cannot be
 removed does not stop the rest, and every such failure is reported at the end.
+
+Its parts (``machines``, ``libvirt``, ``state directory``) are steps of the run's status lines
+(:mod:`lab.progress`); in the state directory it removes what :mod:`lab.layout` lists
+(:func:`lab.statedir.remove_state`). :func:`show_plan` says all this without doing any of it.
 """
 
 from __future__ import annotations
@@ -24,22 +28,15 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
-import stat
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Set
 
-from . import identity, machines, network, statedir
+from . import identity, layout, machines, network, statedir
 from .config import LabConfig
-from .errors import LabError
-from .render import STATE_MARKER
-
-#: Files and trees only the lab ever makes in its state directory (the rest is in its manifest).
-LAB_FILES = ("state.json", "ssh_config", "kubeconfig")
-LAB_TREES = (".vagrant",)
-#: Where ssh keeps the lab's control sockets (only sockets are removed from it).
-CONTROL_DIR = "ssh"
+from .context import Context, State
+from .errors import LabError, StepError
+from .progress import Progress, Silent
 
 
 def box_volume_prefix(box: str) -> str:
@@ -211,6 +208,13 @@ def libvirt_leftovers(cfg: LabConfig, conn) -> Dict[str, List[str]]:
     }
 
 
+def foreign_disks(root, name: str) -> List[object]:
+    """The disk elements of the domain ``name``'s definition ``root`` that vagrant-libvirt did not make for it."""
+    devices = root.find("devices")
+    return [el for el in (devices.findall("disk") if devices is not None else [])
+            if _source(el) and not vagrant_volume(os.path.basename(_source(el)), [name])]
+
+
 def release_foreign_disks(dom, conn) -> List[str]:
     """Detach from ``dom`` (stopped first) every disk vagrant-libvirt did not make for it; return them.
 
@@ -220,15 +224,13 @@ def release_foreign_disks(dom, conn) -> List[str]:
     import libvirt  # noqa: PLC0415
 
     root = _domain_root(dom, libvirt.VIR_DOMAIN_XML_INACTIVE)
-    devices = root.find("devices")
-    foreign = [el for el in (devices.findall("disk") if devices is not None else [])
-               if _source(el) and not vagrant_volume(os.path.basename(_source(el)), [dom.name()])]
+    foreign = foreign_disks(root, dom.name())
     if not foreign:
         return []
     if dom.isActive():
         dom.destroy()
     for el in foreign:
-        devices.remove(el)
+        root.find("devices").remove(el)
     conn.defineXML(ET.tostring(root, encoding="unicode"))
     return [_source(el) for el in foreign]
 
@@ -267,11 +269,12 @@ def _backing_paths(survey: Survey, pool) -> Set[str]:
 def uploaded_box(state_dir: Path) -> bool:
     """True when one of the lab's own recorded logs shows vagrant-libvirt uploading a box image for it."""
     state_dir = Path(state_dir)
-    if not (state_dir / STATE_MARKER).is_file() or state_dir.is_symlink():
+    if not layout.Layout(state_dir).marker.is_file() or state_dir.is_symlink():
         return False
     for rel in statedir.recorded_names(state_dir):
         path = state_dir / rel
-        if not (rel.startswith("logs/") and _inside(state_dir, path) and path.is_file() and not path.is_symlink()):
+        if not (rel.startswith(layout.LOGS_DIR + "/") and statedir.inside(state_dir, path) and path.is_file()
+                and not path.is_symlink()):
             continue
         try:
             with open(path, errors="replace") as handle:
@@ -296,38 +299,118 @@ def _remove_network(conn, survey: Survey, libvirt) -> bool:
     return True
 
 
-def destroy(cfg: LabConfig, log_path: Path, report=print) -> Dict[str, List[str]]:
+def context(cfg: LabConfig, progress: Optional[Progress] = None) -> Context:
+    """The context destroy runs with: no runner on the nodes, and ``state.json`` never read (destroy
+    works with a damaged one); the log is made when Vagrant runs."""
+    return Context(cfg, State(layout.Layout(cfg.state_dir).state), progress=progress or Silent())
+
+
+def _box_volumes(cfg: LabConfig, pool, used: Set[str], backing: Set[str], uploaded: bool) -> list:
+    return [vol for vol in pool.listAllVolumes(0)
+            if vol.name().startswith(box_volume_prefix(cfg.box)) and vol.path() not in used
+            and (vol.path() in backing or uploaded)]
+
+
+def _vagrant_runs(cfg: LabConfig, conn, survey: Survey) -> Optional[str]:
+    """Why ``vagrant destroy`` is not run (None: it is)."""
+    if survey.foreign:
+        return "same-named objects of another lab exist"
+    if not _vagrant_may_destroy(conn, survey):
+        return f"{cfg.state_dir}/.vagrant names machines that are not this lab's"
+    if not layout.Layout(cfg.state_dir).marker.is_file() or not layout.Layout(cfg.state_dir).vagrantfile.exists():
+        return "no Vagrant project of the lab's here"
+    return None
+
+
+def plan(ctx: Context) -> Dict[str, List[str]]:
+    """What :func:`destroy` would remove, changing nothing: libvirt's domains, volumes and networks,
+    the disks it would detach and keep, the state directory's paths, and what it would leave."""
+    cfg = ctx.cfg
+    with network.connect(cfg.libvirt_uri) as conn:
+        survey = Survey(cfg, conn, identity.Owner(cfg.state_dir))
+        pool = _pool(conn, cfg.storage_pool)
+        found = {"domains": sorted(survey.domains), "volumes": [], "networks": [], "kept disks": [], "state": [],
+                 "left": [survey.foreign_line(cfg)] if survey.foreign else []}
+        for name, dom in sorted(survey.domains.items()):
+            found["kept disks"] += [f"{name}: {_source(el)}" for el in foreign_disks(_domain_root(dom), name)]
+        if pool is not None:
+            others = _paths_in_use(conn, None, skip=set(survey.domains))
+            gone = [v for v in pool.listAllVolumes(0) if vagrant_volume(v.name(), survey.names) and v.path() not in others]
+            used = set(others)
+            for vol in pool.listAllVolumes(0):
+                if vol.path() not in {v.path() for v in gone}:
+                    used.update(el.text for el in ET.fromstring(vol.XMLDesc(0)).findall("./backingStore/path") if el.text)
+            boxes = _box_volumes(cfg, pool, used, _backing_paths(survey, pool), uploaded_box(cfg.state_dir))
+            found["volumes"] = sorted(v.name() for v in gone + boxes)
+        if survey.network is not None:
+            found["networks"] = [cfg.network_name]
+        why = _vagrant_runs(cfg, conn, survey)
+    if not survey.foreign:
+        found["state"] = [f"{path}{'/' if kind != 'file' else ''}" for kind, path in statedir.removals(cfg.state_dir)
+                          if kind != "dir"]
+    found["vagrant"] = [f"would skip vagrant destroy: {why}" if why else "would run vagrant destroy -f"]
+    return found
+
+
+def show_plan(ctx: Context) -> Dict[str, List[str]]:
+    """Print what :func:`destroy` would do (``invoke --dry lab.destroy``) and return it."""
+    found, say = plan(ctx), ctx.progress.plan
+    say(found["vagrant"][0])
+    for kind in ("domains", "volumes", "networks"):
+        say(f"would remove {len(found[kind])} {kind}" + (f": {', '.join(found[kind])}" if found[kind] else ""))
+    for disk in found["kept disks"]:
+        say(f"would detach and keep the disk {disk}")
+    for path in found["state"]:
+        say(f"would remove {path}")
+    if found["state"]:
+        say(f"would remove {ctx.cfg.state_dir} with its marker, unless files of yours are left in it")
+    for line in found["left"]:
+        say(f"would leave: {line}")
+    say("dry run: nothing was changed")
+    return found
+
+
+def destroy(ctx: Context) -> Dict[str, List[str]]:
     """Destroy the lab; return what was removed from libvirt beyond Vagrant's own work.
 
-    Raises :class:`LabError` listing what could not be removed (after trying everything),
-    and when same-named objects that are not the lab's were left: then the state
-    directory is kept as it is.
+    Its parts (``machines``, ``libvirt``, ``state directory``) are steps of ``ctx.progress``.
+    Raises :class:`~lab.errors.StepError` (its line already printed) listing what could not be
+    removed, after trying everything, and when same-named objects that are not the lab's were
+    left: then the state directory is kept as it is, and so is the log of ``vagrant destroy``
+    (in the state directory's ``logs/``, removed with the rest when destroy succeeds).
     """
     import libvirt  # noqa: PLC0415
 
+    cfg, progress = ctx.cfg, ctx.progress
     removed = {"domains": [], "volumes": [], "networks": []}
     failures = []
 
     def attempt(kind, name, action):
         try:
             action()
-            if kind:
-                removed[kind].append(name)
+            removed[kind].append(name)
         except libvirt.libvirtError as exc:
-            failures.append(f"cannot remove {kind[:-1] if kind else 'disk of'} {name}: {exc.get_error_message()}")
+            failures.append(f"cannot remove {kind[:-1]} {name}: {exc.get_error_message()}")
+
+    def fail(part: str, message: str):
+        if ctx.log_path is not None:
+            message += f" (vagrant destroy's log: {ctx.log_path})"
+        progress.fail(f"{part}: {message}")
+        return StepError(part, message, ctx.log_path)
 
     owner = identity.Owner(cfg.state_dir)
     with network.connect(cfg.libvirt_uri) as conn:
         survey = Survey(cfg, conn, owner)
+        progress.start("machines")
         for name, dom in survey.domains.items():
             try:
                 for disk in release_foreign_disks(dom, conn):
-                    report(f"{name}: disk {disk} was not made by vagrant-libvirt for it: detached and kept")
+                    progress.warn(f"{name}: disk {disk} was not made by vagrant-libvirt for it: detached and kept")
             except libvirt.libvirtError as exc:
                 failures.append(f"cannot detach the disks attached by hand to {name}: {exc.get_error_message()}")
         if failures:
-            raise LabError("; ".join(failures) + "; nothing was destroyed; run `invoke lab.destroy` again "
-                           "once the cause is fixed")
+            raise fail("machines", "; ".join(failures) + "; nothing was destroyed; run `invoke lab.destroy` again "
+                       "once the cause is fixed")
         # Box images this destroy may remove: those the lab's disks are backed by, found before
         # vagrant removes them, and any the lab's own `up` uploaded.
         backing = _backing_paths(survey, _pool(conn, cfg.storage_pool))
@@ -335,100 +418,50 @@ def destroy(cfg: LabConfig, log_path: Path, report=print) -> Dict[str, List[str]
 
         # vagrant destroy of a machine it has no record of deletes the volume named for it
         # (vagrant-libvirt's RemoveStaleVolume): never while another lab holds the lab's names.
-        if not survey.foreign and _vagrant_may_destroy(conn, survey):
+        why = _vagrant_runs(cfg, conn, survey)
+        if why is None:
+            ctx.log_path = statedir.new_log(cfg.state_dir, "destroy")
+            progress.follow(ctx.log_path)
+            progress.action(f"vagrant destroy -f ({len(survey.domains)} machines)")
             try:
-                machines.destroy(cfg, log_path)
+                machines.destroy(cfg, ctx.log_path)
             except LabError as exc:
-                report(f"vagrant destroy failed ({exc}); removing the lab's machines by their id instead")
-        elif not survey.foreign:
-            report(f"{cfg.state_dir}/.vagrant names machines that are not this lab's: vagrant destroy skipped, "
-                   "removing the lab's machines by their id")
+                reason = exc.reason if isinstance(exc, StepError) else f"vagrant destroy failed ({exc})"
+                progress.warn(f"{reason}; removing the lab's machines by their id instead")
+            progress.done("machines: vagrant destroy")
+        elif survey.foreign:
+            progress.skip(f"machines: vagrant destroy skipped ({why})")
+        else:
+            progress.skip(f"machines: {why}: vagrant destroy skipped, removing the lab's machines by their id")
 
+        progress.start("libvirt")
         for name, dom in Survey(cfg, conn, owner, adopt=survey.adopt).domains.items():
+            progress.action(f"domain {name}")
             attempt("domains", name, lambda dom=dom: _undefine_domain(dom, libvirt))
         pool = _pool(conn, cfg.storage_pool)
         if pool is not None:
+            progress.action(f"volumes in pool {cfg.storage_pool}")
             used = _paths_in_use(conn, None)
             for vol in pool.listAllVolumes(0):
                 if vagrant_volume(vol.name(), survey.names) and vol.path() not in used:
                     attempt("volumes", vol.name(), lambda vol=vol: vol.delete(0))
-            used = _paths_in_use(conn, pool)
-            for vol in pool.listAllVolumes(0):
-                if (vol.name().startswith(box_volume_prefix(cfg.box)) and vol.path() not in used
-                        and (vol.path() in backing or uploaded)):
-                    attempt("volumes", vol.name(), lambda vol=vol: vol.delete(0))
+            for vol in _box_volumes(cfg, pool, _paths_in_use(conn, pool), backing, uploaded):
+                attempt("volumes", vol.name(), lambda vol=vol: vol.delete(0))
         if survey.network is not None:
+            progress.action(f"network {cfg.network_name}")
             try:
                 if _remove_network(conn, survey, libvirt):
                     removed["networks"].append(cfg.network_name)
             except libvirt.libvirtError as exc:
                 failures.append(f"cannot remove network {cfg.network_name}: {exc.get_error_message()}")
     if survey.foreign:
-        raise LabError("; ".join([*failures, survey.foreign_line(cfg)]))
+        raise fail("libvirt", "; ".join([*failures, survey.foreign_line(cfg)]))
     if failures:
-        raise LabError("; ".join(failures) + "; run `invoke lab.destroy` again once the cause is fixed")
-    remove_state(cfg.state_dir)
+        raise fail("libvirt", "; ".join(failures) + "; run `invoke lab.destroy` again once the cause is fixed")
+    progress.done("libvirt: " + ", ".join(f"{len(v)} {k}" for k, v in removed.items()) + " removed")
+    progress.start("state directory")
+    progress.follow(None)
+    statedir.remove_state(cfg.state_dir)
+    ctx.log_path = None  # removed with the rest
+    progress.done()
     return removed
-
-
-def _inside(state_dir: Path, path: Path) -> bool:
-    """True when ``path``'s directory is really inside ``state_dir`` (no symlinked parent)."""
-    real = Path(os.path.realpath(state_dir))
-    try:
-        rel = Path(os.path.abspath(path)).relative_to(Path(os.path.abspath(state_dir)))
-    except ValueError:
-        return False
-    return Path(os.path.realpath(path.parent)) == (real / rel).parent
-
-
-def _remove_file(path: Path) -> bool:
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    if stat.S_ISDIR(info.st_mode):
-        return False
-    path.unlink()
-    return True
-
-
-def remove_state(state_dir: Path) -> None:
-    """Remove what the lab wrote into ``state_dir`` (and the directory, if then empty).
-
-    Only a directory with the lab's marker is touched, and in it only the files the lab
-    recorded writing (:mod:`lab.statedir`) and those only the lab makes there
-    (:data:`LAB_FILES`, :data:`LAB_TREES`, the ssh control sockets): a user's own file,
-    in ``logs/`` or anywhere else, stays, and so does the marker beside it.
-    """
-    state_dir = Path(state_dir)
-    if not (state_dir / STATE_MARKER).is_file() or state_dir.is_symlink():
-        return
-    parents = set()
-    for rel in [*statedir.recorded_names(state_dir), *LAB_FILES]:
-        path = state_dir / rel
-        if _inside(state_dir, path) and _remove_file(path):
-            parents.update(p for p in path.parents if p != state_dir and state_dir in p.parents)
-    for name in LAB_TREES:
-        path = state_dir / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-    control = state_dir / CONTROL_DIR
-    if control.is_dir() and not control.is_symlink():
-        for entry in control.iterdir():
-            if stat.S_ISSOCK(os.lstat(entry).st_mode):
-                entry.unlink()
-        parents.add(control)
-    for leftover in state_dir.glob(".state.*"):
-        leftover.unlink()
-    for directory in sorted(parents, key=lambda p: len(p.parts), reverse=True):
-        try:
-            directory.rmdir()
-        except OSError:
-            pass  # not empty: someone else's files are in it
-    bookkeeping = {STATE_MARKER, statedir.MANIFEST}
-    if all(entry.name in bookkeeping for entry in state_dir.iterdir()):
-        for name in bookkeeping:
-            _remove_file(state_dir / name)
-        state_dir.rmdir()
-    else:
-        _remove_file(state_dir / statedir.MANIFEST)  # what it listed is gone; the marker stays with the rest

@@ -23,6 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Optional
 
+from . import layout
 from .errors import ConfigError
 
 STATE_KEY = "lab_id"
@@ -77,13 +78,13 @@ def ensure_id(cfg) -> str:
     from .render import mark_state_dir  # noqa: PLC0415 - render imports the network module, which imports this one
 
     mark_state_dir(cfg.state_dir, cfg)
-    return lab_id(State(cfg.state_dir / "state.json"))
+    return lab_id(State(layout.Layout(cfg.state_dir).state))
 
 
 def recorded_id(state_dir: Path) -> Optional[str]:
     """The id in ``state_dir``'s ``state.json``, or None (no state, or one that cannot be read)."""
     try:
-        value = json.loads((Path(state_dir) / "state.json").read_text()).get(STATE_KEY)
+        value = json.loads(layout.Layout(state_dir).state.read_text()).get(STATE_KEY)
     except (OSError, ValueError, AttributeError):
         return None
     # A state copied from another directory or host names another lab's objects: not this one's.

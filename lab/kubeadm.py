@@ -158,7 +158,7 @@ def cri_socket(cfg: LabConfig) -> str:
     """CRI socket kubeadm and the kubelet talk to, per profile and runtime."""
     if cfg.runtime == "containerd":
         return CRI_CONTAINERD
-    if not _v1beta4(cfg):
+    if not cfg.profile.needs_cri_dockerd:
         return CRI_DOCKERSHIM  # dockershim is built into the 1.17 kubelet
     return CRI_DOCKERD
 

@@ -11,8 +11,12 @@ UUID (:mod:`lab.identity`), so destroy finds it, and neither destroy nor
 from __future__ import annotations
 
 import contextlib
+import errno
+import grp
 import ipaddress
 import json
+import os
+import pwd
 import shlex
 import subprocess
 import xml.etree.ElementTree as ET
@@ -73,12 +77,34 @@ def _libvirt():
     try:
         import libvirt  # noqa: PLC0415 - optional at import time so rendering works without it
     except ImportError as exc:  # pragma: no cover - depends on the host
-        raise LabError("libvirt-python is not installed; run: pip install -e .") from exc
+        raise LabError("libvirt-python is not installed; run: pip install libvirt-python") from exc
     # libvirt's default error handler prints every error on stderr ("libvirt: QEMU Driver error :
     # Domain not found: ..."), even those the lab expects and handles (looking up a machine that
     # does not exist yet). Errors still raise libvirtError; the status lines stay the only output.
     libvirt.registerErrorHandler(_quiet, None)
     return libvirt
+
+
+#: The group whose members may use the system libvirt (Debian's and Ubuntu's libvirt-daemon-system).
+LIBVIRT_GROUP = "libvirt"
+
+
+def joined_since_login(group: str) -> bool:
+    """True when the user is a member of ``group`` (/etc/group) that this process does not have yet."""
+    try:
+        entry = grp.getgrnam(group)
+        user = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return False
+    return user in entry.gr_mem and entry.gr_gid not in os.getgroups() and entry.gr_gid != os.getgid()
+
+
+def denied(exc, libvirt) -> bool:
+    """True when libvirt refused the connection for want of permission: its socket (EACCES), or polkit."""
+    err = getattr(exc, "err", None) or ()
+    errno_ = err[7] if len(err) > 7 else None
+    return (errno_ == errno.EACCES or "Permission denied" in (exc.get_error_message() or "")
+            or exc.get_error_code() in (libvirt.VIR_ERR_AUTH_FAILED, libvirt.VIR_ERR_AUTH_UNAVAILABLE))
 
 
 def _quiet(_ctx, _error) -> None:
@@ -95,8 +121,17 @@ def connect(uri: str) -> Iterator:
     try:
         conn = libvirt.open(uri)
     except libvirt.libvirtError as exc:
-        raise PreflightError([f"lab.libvirt_uri: cannot connect to {uri}: {exc.get_error_message()}; "
-                              "is libvirtd running and are you allowed to use it?"]) from exc
+        if denied(exc, libvirt) and uri.split("://", 1)[-1].startswith("/"):
+            if joined_since_login(LIBVIRT_GROUP):
+                fix = (f"you joined the {LIBVIRT_GROUP} group after this login: log out and in again (a new login "
+                       "has the group)")
+            else:
+                fix = (f"your user may not use libvirt here: run `sudo usermod -aG {LIBVIRT_GROUP} $USER`, then log "
+                       "out and in again (only a new login has the group; `scripts/setup-host` does the first part)")
+        else:
+            fix = "is libvirtd running and are you allowed to use it?"
+        message = " ".join((exc.get_error_message() or "no reason given").split())  # one line
+        raise PreflightError([f"lab.libvirt_uri: cannot connect to {uri}: {message}; {fix}"]) from exc
     try:
         yield conn
     finally:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from typing import Mapping
+from typing import Mapping, Tuple
 
 from . import kubeadm
 from .config import LabConfig, Node
@@ -28,6 +28,28 @@ FETCH = f"{REMOTE_DIR}/provision/fetch.sh"
 
 _NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 
+#: The variables of :func:`node_env` each script of ``provision/`` reads (a script run with
+#: another sources ``lib.sh`` too). A step is re-run when one of the values its scripts read
+#: changes, and only then (``lab.pipeline``); tests/test_pipeline.py keeps this true to the scripts.
+READS = {
+    "lib.sh": ("CRI_SOCKET",),
+    "network.sh": ("GATEWAY_IPV6", "NODE_IPV4", "NODE_IPV6", "NODE_IPV6_PREFIXLEN", "NODE_NAME"),
+    "prepare.sh": ("CENTOS_VAULT_URL", "KUBE_PROXY_MODE"),
+    "runtime.sh": ("CONTAINERD_VERSION", "DOCKER_FIXED_CIDR_V6", "DOCKER_REPO_BASE", "DOCKER_VERSION", "RUNTIME"),
+    "cri-dockerd.sh": ("CRI_DOCKERD_SHA256", "CRI_DOCKERD_URL", "RUNTIME"),
+    "kubernetes.sh": ("KUBERNETES_ARCHIVE_SUM", "KUBERNETES_ARCHIVE_URL", "KUBERNETES_MINOR", "KUBERNETES_REPO_BASE",
+                      "KUBERNETES_SOURCE", "KUBERNETES_VERSION"),
+    "control-plane.sh": ("KUBEADM_CONFIG",),
+    "join.sh": ("KUBEADM_JOIN_CONFIG",),
+    "fetch.sh": (),
+    "load-images.sh": (),
+}
+
+
+def variables_read(scripts) -> Tuple[str, ...]:
+    """The :func:`node_env` variables ``scripts`` (names in ``provision/``) read, sorted."""
+    return tuple(sorted({name for script in scripts for name in READS[script]}))
+
 
 def node_env(cfg: LabConfig, node: Node) -> dict[str, str]:
     """Every variable the provisioning scripts read for ``node``, as strings."""
@@ -35,16 +57,11 @@ def node_env(cfg: LabConfig, node: Node) -> dict[str, str]:
     archive = profile.kubernetes_node_archive
     cri_dockerd = profile.cri_dockerd if cfg.runtime == "docker" else None
     return {
-        "DSLAB_PROFILE": profile.name,
         "NODE_NAME": node.name,
-        "NODE_FQDN": node.fqdn(cfg.domain),
-        "NODE_ROLE": node.role,
         "NODE_IPV4": str(node.ipv4),
         "NODE_IPV6": str(node.ipv6),
         "NODE_IPV6_PREFIXLEN": str(cfg.network_ipv6.prefixlen),
-        "GATEWAY_IPV4": str(cfg.gateway_ipv4),
         "GATEWAY_IPV6": str(cfg.gateway_ipv6),
-        "DOMAIN": cfg.domain,
         "RUNTIME": cfg.runtime,
         "DOCKER_VERSION": profile.docker_version or "",
         "CONTAINERD_VERSION": profile.containerd_version or "",

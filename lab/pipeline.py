@@ -1,141 +1,130 @@
-"""``lab.up`` as data: an ordered list of named steps, each printing one status line.
+"""``lab.up`` as data: an ordered list of named steps, each run with the one :class:`~lab.context.Context`.
 
 What is done is recorded in the lab's state with a fingerprint of everything the step
-depends on (rendered files and provisioning scripts), so a second ``lab.up`` on a
-healthy lab skips every step, and a failed one resumes where it stopped.
+depends on (the node settings its scripts read, the rendered files it applies, the scripts
+themselves and the profile's pins), so a second ``lab.up`` on a healthy lab skips every
+step, a failed one resumes where it stopped, and a changed setting re-runs only the steps
+that use it. The status lines are :mod:`lab.progress`'s.
 """
 
 from __future__ import annotations
 
 import hashlib
-import sys
-import time
+import threading
 import traceback
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from typing import Callable, List, Optional, TextIO
+from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
-from . import cluster, machines, network, preflight, profiles, render, statedir, workloads
+from . import cluster, layout, machines, network, nodeenv, preflight, profiles, render, statedir, workloads
 from .config import LabConfig
-from .context import Context, State
+from .context import Context, DryState, State
 from .errors import LabError, StepError
-from .private import append_private, create_private, private_dir, redact
+from .private import private_dir
+from .progress import Progress
 from .remote import SshRunner
-
-LOG_DIR = "logs"
 
 
 @dataclass(frozen=True)
 class Step:
-    """One named step of ``lab.up``."""
+    """One named step of ``lab.up``, run with the run's :class:`~lab.context.Context`.
+
+    ``scripts`` are the ``provision/`` scripts it runs and ``files`` the rendered files (relative
+    to the state directory) it applies: with the node settings those scripts read
+    (:data:`lab.nodeenv.READS`), they are what its fingerprint covers.
+    """
 
     name: str
     help: str
-    run: Callable[["UpRun"], None]
+    run: Callable[[Context], None]
     remembered: bool = True  # skipped when recorded as done with the same fingerprint
+    scripts: Tuple[str, ...] = ()
+    files: Tuple[str, ...] = ()
 
 
-class Status:
-    """One status line per step on a stream; colour only on a terminal."""
+class NodeRunner:
+    """The run's ssh runner on the machines, made on first use (``ssh_config`` from Vagrant if missing);
+    its errors name the step running then."""
 
-    MARKS = {"ok": ("✓", "32"), "fail": ("✗", "31"), "skip": ("•", "2"), "warn": ("!", "33")}
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self._ssh: Optional[SshRunner] = None
+        self._lock = threading.Lock()
 
-    def __init__(self, stream: TextIO = None):
-        self.stream = stream or sys.stderr
-        self.colour = hasattr(self.stream, "isatty") and self.stream.isatty()
+    def _runner(self) -> SshRunner:
+        with self._lock:
+            if self._ssh is None:
+                ssh_config = self.ctx.layout.ssh_config
+                if not ssh_config.exists():
+                    machines.ssh_config(self.ctx.cfg, self.ctx.log_path)
+                self._ssh = SshRunner(ssh_config, self.ctx.log_path, self.ctx.step)
+            self._ssh.step = self.ctx.step or self._ssh.step
+            return self._ssh
 
-    def line(self, kind: str, text: str) -> None:
-        """Print ``text`` behind the mark of ``kind``."""
-        mark, code = self.MARKS[kind]
-        if self.colour:
-            mark = f"\033[{code}m{mark}\033[0m"
-        print(f"{mark} {redact(text)}", file=self.stream, flush=True)
+    def run(self, node, command, **options):
+        return self._runner().run(node, command, **options)
 
+    def put_text(self, node, text, remote, mode="0644", secret=False):
+        return self._runner().put_text(node, text, remote, mode, secret)
 
-def new_log(state_dir: Path, kind: str) -> Path:
-    """A new, empty log of this run (``logs/<kind>-<time>[-<n>].log``, 0600), recorded as the lab's."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    logs = Path(state_dir) / LOG_DIR
-    path, n = logs / f"{kind}-{stamp}.log", 1
-    while path.exists():  # two runs within one second: each keeps its own log
-        n += 1
-        path = logs / f"{kind}-{stamp}-{n}.log"
-    create_private(path)
-    statedir.record(state_dir, [path])
-    return path
+    def put_tree(self, node, local_dir, remote_dir):
+        return self._runner().put_tree(node, local_dir, remote_dir)
 
 
-class UpRun:
-    """State of one ``lab.up`` run, handed to every step."""
-
-    def __init__(self, cfg: LabConfig, status: Status, kind: str = "up", until: Optional[str] = None):
-        self.cfg = cfg
-        self.status = status
-        self.until = until
-        render.mark_state_dir(cfg.state_dir, cfg)
-        private_dir(cfg.state_dir)  # it holds state.json, the kubeconfig and the logs
-        self.state = State(cfg.state_dir / "state.json")
-        # 0600 from the start: Vagrant's output is appended to the same file.
-        self.log_path = new_log(cfg.state_dir, kind)
-        self.alive: Optional[bool] = None
-        self.step: str = ""
-
-    def log(self, text: str) -> None:
-        """Append a line to this run's log, redacted (:func:`lab.private.redact`)."""
-        append_private(self.log_path, text.rstrip("\n"))
-
-    def context(self, step: str) -> Context:
-        """The step context, with an ssh runner on the machines (needs the machines step)."""
-        ssh_config = self.cfg.state_dir / "ssh_config"
-        if not ssh_config.exists():
-            machines.ssh_config(self.cfg, self.log_path)
-        runner = SshRunner(ssh_config, self.log_path, step)
-        return Context(self.cfg, self.state, runner, self.log_path)
+def open_context(cfg: LabConfig, kind: str, progress: Optional[Progress] = None,
+                 steps: Sequence[str] = ()) -> Context:
+    """The context of one run of a task (``kind``: up, verify): the state directory claimed and
+    marked, a new log of the run in it, an ssh runner on the machines made on first use."""
+    render.mark_state_dir(cfg.state_dir, cfg)
+    private_dir(cfg.state_dir)  # it holds state.json, the kubeconfig and the logs
+    where = layout.Layout(cfg.state_dir)
+    ctx = Context(cfg, State(where.state), log_path=statedir.new_log(cfg.state_dir, kind),
+                  progress=progress or Progress(), steps=tuple(steps))
+    ctx.runner = NodeRunner(ctx)
+    ctx.progress.follow(ctx.log_path)
+    return ctx
 
 
 # ---------------------------------------------------------------- the steps
 
 
-def _preflight(run: UpRun) -> None:
-    cluster_wanted = run.until is None or STEP_NAMES.index(run.until) >= STEP_NAMES.index("control-plane")
-    cfg, warnings = preflight.check(run.cfg, cluster=cluster_wanted)
+def _preflight(ctx: Context) -> None:
+    cfg, warnings = preflight.check(ctx.cfg, cluster="control-plane" in ctx.steps)
     for step, problem in profiles.missing_pins(cfg.profile, cfg.runtime):
         warnings.append(f"profile {cfg.profile.name}: {problem} (lab/profiles.py); step {step} will stop there")
     for warning in warnings:
-        run.status.line("warn", warning)
-    run.cfg = cfg
+        ctx.progress.warn(warning)
+    ctx.cfg = cfg
 
 
-def _network(run: UpRun) -> None:
-    with network.connect(run.cfg.libvirt_uri) as conn:
-        action = network.ensure_network(run.cfg, conn)
-    run.log(f"network {run.cfg.network_name}: {action}")
+def _network(ctx: Context) -> None:
+    ctx.progress.action(f"libvirt network {ctx.cfg.network_name}")
+    with network.connect(ctx.cfg.libvirt_uri) as conn:
+        action = network.ensure_network(ctx.cfg, conn)
+    ctx.log(f"network {ctx.cfg.network_name}: {action}")
 
 
-def _render(run: UpRun) -> None:
-    render.render_all(run.cfg, run.cfg.state_dir)
+def _render(ctx: Context) -> None:
+    render.render_all(ctx.cfg, ctx.state_dir)
 
 
-def _machines(run: UpRun) -> None:
-    with network.connect(run.cfg.libvirt_uri) as conn:
-        running = machines.domains_running(run.cfg, conn)
-    vagrantfile = hashlib.sha256((run.cfg.state_dir / "Vagrantfile").read_bytes()).hexdigest()
-    if len(running) < len(run.cfg.nodes) or not (run.cfg.state_dir / "ssh_config").exists():
+def _machines(ctx: Context) -> None:
+    cfg = ctx.cfg
+    with network.connect(cfg.libvirt_uri) as conn:
+        running = machines.domains_running(cfg, conn)
+    where = ctx.layout
+    vagrantfile = hashlib.sha256(where.vagrantfile.read_bytes()).hexdigest()
+    if len(running) < len(cfg.nodes) or not where.ssh_config.exists():
         # New or restarted machines: what later steps did may be gone with them.
-        forget_after(run.state, "prepare")
-        machines.up(run.cfg, run.log_path)
-        machines.ssh_config(run.cfg, run.log_path)
-        run.state.set("vagrantfile_applied", vagrantfile)
-    elif run.state.get("vagrantfile_applied") not in (None, vagrantfile):
-        run.status.line("warn", "machines: their settings changed since they were created (memory, CPUs, box...); "
-                                "running machines keep the old ones: `invoke lab.destroy` and `lab.up` to apply")
-
-
-def _on_context(function):
-    def step(run: UpRun) -> None:
-        function(run.context(run.step))
-    return step
+        forget_steps(ctx.state)
+        ctx.progress.action(f"vagrant up of {len(cfg.nodes)} machines ({len(running)} running)")
+        machines.up(cfg, ctx.log_path)
+        ctx.progress.action("vagrant ssh-config")
+        machines.ssh_config(cfg, ctx.log_path)
+        ctx.state.set("vagrantfile_applied", vagrantfile)
+    elif ctx.state.get("vagrantfile_applied") not in (None, vagrantfile):
+        ctx.progress.warn("machines: their settings changed since they were created (memory, CPUs, box...); "
+                          "running machines keep the old ones: `invoke lab.destroy` and `lab.up` to apply")
 
 
 STEPS: List[Step] = [
@@ -145,107 +134,188 @@ STEPS: List[Step] = [
          _network, remembered=False),
     Step("render", "render the Vagrantfile, kubeadm config, node inputs and manifests", _render, remembered=False),
     Step("machines", "vagrant up every node; planned IPv4 and IPv6, names in both families", _machines,
-         remembered=False),
+         remembered=False, scripts=("lib.sh", "network.sh")),
     Step("prepare", "swap off, SELinux permissive, firewalld off, kernel modules, sysctls, ipset/ipvsadm",
-         _on_context(cluster.prepare)),
-    Step("runtime", "Docker with IPv6 (daemon.json as the recipe), or containerd",
-         _on_context(cluster.runtime)),
+         cluster.prepare, scripts=("lib.sh", "prepare.sh")),
+    Step("runtime", "Docker with IPv6 (daemon.json as the recipe), or containerd", cluster.runtime,
+         scripts=("lib.sh", "runtime.sh")),
     Step("kubernetes", "cri-dockerd --ipv6-dual-stack (current); kubeadm, kubelet, kubectl; kubelet enabled",
-         _on_context(cluster.kubernetes)),
+         cluster.kubernetes, scripts=("lib.sh", "cri-dockerd.sh", "kubernetes.sh", "fetch.sh")),
     Step("control-plane", "kubeadm config images pull; kubeadm init with the dual-stack config",
-         _on_context(cluster.control_plane)),
-    Step("cni", "Calico with IPv4 and IPv6 pools, autodetecting the lab network in both families",
-         _on_context(cluster.cni)),
-    Step("join", "workers join (CA pinned); wait until every node is Ready", _on_context(cluster.join)),
-    Step("kubeconfig", "copy the admin kubeconfig to the state directory (0600)",
-         _on_context(cluster.fetch_kubeconfig), remembered=False),
-    Step("metallb", "MetalLB in layer 2 mode with an address pool per family",
-         _on_context(workloads.deploy_metallb)),
+         cluster.control_plane, scripts=("lib.sh", "control-plane.sh"), files=(layout.KUBEADM_CONFIG,)),
+    Step("cni", "Calico with IPv4 and IPv6 pools, autodetecting the lab network in both families", cluster.cni,
+         scripts=("lib.sh", "fetch.sh", "load-images.sh")),
+    Step("join", "workers join (CA pinned); wait until every node is Ready", cluster.join,
+         scripts=("lib.sh", "join.sh")),
+    Step("kubeconfig", "copy the admin kubeconfig to the state directory (0600)", cluster.fetch_kubeconfig,
+         remembered=False),
+    Step("metallb", "MetalLB in layer 2 mode with an address pool per family", workloads.deploy_metallb,
+         scripts=("lib.sh", "fetch.sh"), files=(f"{layout.MANIFESTS_DIR}/metallb-config.yaml",)),
     Step("workloads", "nginx on IPv4 and IPv6, the recipe's Services and the dual-stack LoadBalancer",
-         _on_context(workloads.deploy_workloads)),
+         workloads.deploy_workloads, files=(f"{layout.MANIFESTS_DIR}/nginx.yaml",
+                                            f"{layout.MANIFESTS_DIR}/services.yaml")),
 ]
 STEP_NAMES = [step.name for step in STEPS]
+#: A new log of a run in the state directory (``lab.verify``'s task makes its own with it).
+new_log = statedir.new_log
 
 
-#: What each remembered step depends on, as globs in the state directory (rendered files)
-#: and in provision/ (the scripts it runs). A change re-runs that step and no other.
-NODE_INPUTS = ("nodes/*.env",)
-STEP_INPUTS = {
-    "prepare": (NODE_INPUTS, ("lib.sh", "prepare.sh")),
-    "runtime": (NODE_INPUTS, ("lib.sh", "runtime.sh")),
-    "kubernetes": (NODE_INPUTS, ("lib.sh", "cri-dockerd.sh", "kubernetes.sh", "fetch.sh")),
-    "control-plane": ((*NODE_INPUTS, "kubeadm-config.yaml"), ("lib.sh", "control-plane.sh")),
-    "cni": (NODE_INPUTS, ("lib.sh", "fetch.sh", "load-images.sh")),
-    "join": (NODE_INPUTS, ("lib.sh", "join.sh")),
-    "metallb": (("manifests/metallb-config.yaml",), ("lib.sh", "fetch.sh")),
-    "workloads": (("manifests/nginx.yaml", "manifests/services.yaml"), ()),
-}
+def describe(steps: Sequence[Step] = STEPS, indent: str = "  ") -> str:
+    """The steps, one line each with what it does (``lab.up --help``)."""
+    width = max(len(step.name) for step in steps)
+    return "\n".join(f"{indent}{step.name:<{width}}  {step.help}" for step in steps)
 
 
-def fingerprint(cfg: LabConfig, step: str) -> str:
-    """A digest of what ``step`` depends on (see :data:`STEP_INPUTS`) and the profile's pins."""
-    rendered, scripts = STEP_INPUTS.get(step, ((), ()))
-    digest = hashlib.sha256(f"{step}|{cfg.profile!r}".encode())
-    paths = sorted({p for pattern in rendered for p in cfg.state_dir.glob(pattern) if p.is_file()})
-    paths += [render.PROVISION_DIR / name for name in scripts]
-    for path in paths:
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
+def fingerprint(cfg: LabConfig, step: Step, files: Mapping[str, str]) -> str:
+    """A digest of what ``step`` depends on: the values of the node settings its scripts read on
+    every node, the rendered ``files`` it applies (relative path -> text), its scripts and the profile."""
+    digest = hashlib.sha256(f"{step.name}|{cfg.profile!r}".encode())
+    names = nodeenv.variables_read(step.scripts)
+    for node in sorted(cfg.nodes, key=lambda n: n.name):
+        env = nodeenv.node_env(cfg, node)
+        digest.update(f"\0node {node.name}\0".encode())
+        digest.update(nodeenv.env_file_text({name: env[name] for name in names}).encode())
+    for rel in step.files:
+        digest.update(f"\0file {rel}\0".encode())
+        digest.update(files.get(rel, "").encode())
+    for name in step.scripts:
+        digest.update(f"\0script {name}\0".encode())
+        digest.update((render.PROVISION_DIR / name).read_bytes())
     return digest.hexdigest()
 
 
-def up(cfg: LabConfig, until: Optional[str] = None, status: Optional[Status] = None) -> Path:
-    """Run the steps in order, up to and including ``until``; return the log path.
+class _Inputs:
+    """The rendered files, as the render step writes them, made once per run (and per config)."""
 
-    Raises :class:`~lab.errors.StepError` (with the log path) on the first failure; what
-    was done stays recorded, so the next run resumes.
+    def __init__(self):
+        self._cfg, self._files = None, {}
+
+    def __call__(self, ctx: Context, step: Step) -> str:
+        if step.files and self._cfg is not ctx.cfg:
+            self._cfg, self._files = ctx.cfg, render.artifacts(ctx.cfg, ctx.state)
+        return fingerprint(ctx.cfg, step, self._files if step.files else {})
+
+
+def machines_running(ctx: Context) -> bool:
+    """True when every node's domain runs."""
+    with network.connect(ctx.cfg.libvirt_uri) as conn:
+        return len(machines.domains_running(ctx.cfg, conn)) == len(ctx.cfg.nodes)
+
+
+def _chosen(steps: Sequence[Step], until: Optional[str]) -> List[Step]:
+    names = [step.name for step in steps]
+    if until is not None and until not in names:
+        raise LabError(f"--until: unknown step {until!r}; steps are: {', '.join(names)}")
+    return list(steps[:names.index(until) + 1] if until is not None else steps)
+
+
+def up(cfg: LabConfig, until: Optional[str] = None, progress: Optional[Progress] = None, *,
+       steps: Optional[Sequence[Step]] = None, dry: bool = False,
+       alive: Callable[[Context], bool] = machines_running) -> Optional[Path]:
+    """Run ``steps`` (default :data:`STEPS`) in order, up to and including ``until``; return the log path.
+
+    A remembered step is skipped when its recorded fingerprint is current and ``alive`` (asked
+    once per run) says the machines that hold its work run. With ``dry`` nothing runs and nothing
+    is written: each step is listed as it would run or be skipped, and None is returned.
+    Raises :class:`~lab.errors.StepError` (with the log path) on the first failure; what was
+    done stays recorded, so the next run resumes.
     """
-    if until is not None and until not in STEP_NAMES:
-        raise LabError(f"--until: unknown step {until!r}; steps are: {', '.join(STEP_NAMES)}")
-    status = status or Status()
-    run = UpRun(cfg, status, until=until)
-    for step in STEPS:
-        started = time.monotonic()
-        done = run.state.get("steps", {})
-        if step.remembered and done.get(step.name) == fingerprint(run.cfg, step.name) and _alive(run):
-            status.line("skip", f"{step.name}: already done")
+    chosen = _chosen(STEPS if steps is None else steps, until)
+    own = progress is None
+    progress = progress or Progress()
+    try:
+        if dry:
+            _dry_run(cfg, chosen, progress, alive)
+            return None
+        ctx = open_context(cfg, "up", progress, [step.name for step in chosen])
+        inputs, running = _Inputs(), []
+        for step in chosen:
+            done = ctx.state.get("steps", {})
+            digest = inputs(ctx, step) if step.remembered else None
+            if digest is not None and done.get(step.name) == digest and _once(running, alive, ctx):
+                progress.skip(f"{step.name}: already done")
+                continue
+            run_step(ctx, step)
+            if digest is not None:
+                done = dict(ctx.state.get("steps", {}))
+                done[step.name] = digest
+                ctx.state.set("steps", done)
+        return ctx.log_path
+    finally:
+        if own:
+            progress.close()
+
+
+def _once(memo: list, alive: Callable[[Context], bool], ctx: Context) -> bool:
+    if not memo:
+        memo.append(alive(ctx))
+    return memo[0]
+
+
+def run_step(ctx: Context, step: Step) -> None:
+    """Run ``step`` between its start line and its ``✓`` or ``✗`` line; every failure becomes a
+    :class:`~lab.errors.StepError` with the log's path."""
+    progress = ctx.progress
+    progress.start(step.name)
+    ctx.step = step.name
+    ctx.log(f"=== {step.name} ===")
+    try:
+        step.run(ctx)
+    except StepError as exc:
+        exc.log = exc.log or ctx.log_path
+        progress.fail(f"{step.name}: {exc.reason} (log: {exc.log})")
+        raise
+    except LabError as exc:
+        progress.fail(f"{step.name}: {exc} (log: {ctx.log_path})")
+        raise StepError(step.name, str(exc), ctx.log_path) from exc
+    except KeyboardInterrupt:
+        ctx.log(f"{step.name} interrupted")
+        progress.fail(f"{step.name}: interrupted (log: {ctx.log_path})")
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user gets one line and the log, never a traceback
+        ctx.log(f"{step.name} failed:\n{traceback.format_exc()}")
+        reason = f"{type(exc).__name__}: {exc}"
+        progress.fail(f"{step.name}: {reason} (log: {ctx.log_path})")
+        raise StepError(step.name, reason, ctx.log_path) from exc
+    finally:
+        ctx.step = ""
+    progress.done()
+
+
+def _dry_run(cfg: LabConfig, chosen: Sequence[Step], progress: Progress, alive: Callable[[Context], bool]) -> None:
+    """List what ``up`` would do; read the state directory and libvirt, write nothing."""
+    statedir.check(cfg.state_dir, "lab.state_dir")
+    ctx = Context(cfg, DryState(layout.Layout(cfg.state_dir).state), progress=progress,
+                  steps=tuple(step.name for step in chosen))
+    inputs, running = _Inputs(), []
+
+    def machines_up(ctx: Context) -> bool:
+        try:
+            return alive(ctx)
+        except LabError as exc:
+            progress.warn(f"cannot tell whether the machines run ({exc}); counted as not running")
+            return False
+
+    done = ctx.state.get("steps", {})
+    for step in chosen:
+        if not step.remembered:
+            progress.plan(f"{step.name}: would run (it runs every time)")
+        elif done.get(step.name) != inputs(ctx, step):
+            progress.plan(f"{step.name}: would run ({'its inputs changed' if step.name in done else 'not done yet'})")
+        elif not _once(running, machines_up, ctx):
+            progress.plan(f"{step.name}: would run (not every machine runs)")
         else:
-            run.log(f"=== {step.name} ===")
-            run.step = step.name
-            try:
-                step.run(run)
-            except StepError as exc:
-                exc.log = exc.log or run.log_path
-                status.line("fail", f"{step.name}: {exc.reason} (log: {exc.log})")
-                raise
-            except LabError as exc:
-                status.line("fail", f"{step.name}: {exc} (log: {run.log_path})")
-                raise StepError(step.name, str(exc), run.log_path) from exc
-            except Exception as exc:  # noqa: BLE001 - the user gets one line and the log, never a traceback
-                run.log(f"{step.name} failed:\n{traceback.format_exc()}")
-                reason = f"{type(exc).__name__}: {exc}"
-                status.line("fail", f"{step.name}: {reason} (log: {run.log_path})")
-                raise StepError(step.name, reason, run.log_path) from exc
-            if step.remembered:
-                done[step.name] = fingerprint(run.cfg, step.name)
-                run.state.set("steps", done)
-            status.line("ok", f"{step.name} ({time.monotonic() - started:.0f} s)")
-        if step.name == until:
-            break
-    return run.log_path
+            progress.skip(f"{step.name}: already done, would be skipped")
+    progress.plan(f"dry run: nothing was changed in {cfg.state_dir} or libvirt")
 
 
-def _alive(run: UpRun) -> bool:
-    """True when every node's domain runs (asked of libvirt once per run)."""
-    if run.alive is None:
-        with network.connect(run.cfg.libvirt_uri) as conn:
-            run.alive = len(machines.domains_running(run.cfg, conn)) == len(run.cfg.nodes)
-    return run.alive
+def forget_steps(state: State) -> None:
+    """Forget every step done (new machines start from scratch: the steps' work lived on the old ones)."""
+    if state.get("steps"):
+        state.set("steps", {})
 
 
-def forget_after(state: State, step: str) -> None:
-    """Forget that ``step`` and every later step were done (new machines start from scratch)."""
-    done = dict(state.get("steps", {}))
-    for name in STEP_NAMES[STEP_NAMES.index(step):]:
-        done.pop(name, None)
-    state.set("steps", done)
+def verify_context(cfg: LabConfig, progress: Optional[Progress] = None) -> Context:
+    """The context ``lab.verify`` runs its checks with (its own log, the same state and runner)."""
+    return open_context(cfg, "verify", progress)
+

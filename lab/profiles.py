@@ -8,6 +8,7 @@ today's supported versions. The profile fills every setting the user did not set
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import List, Mapping, Optional, Tuple
 
@@ -68,11 +69,17 @@ class Profile:
     host_ips: bool = True  # Pod status.hostIPs (beta, on by default, from 1.29)
     endpoint_slices: bool = True  # EndpointSlice controller on by default (1.18+); else read Endpoints
     legacy_metallb: bool = False  # MetalLB configured by its `config` ConfigMap (0.9), not by CRDs
+    # Pods spread by topologySpreadConstraints with nodeTaintsPolicy (beta, on by default, from
+    # 1.26); else by a preferred pod anti-affinity
+    topology_spread: bool = True
     kube_proxy_modes: Tuple[str, ...] = ("ipvs", "nftables")  # nftables from 1.31
     needs_cri_dockerd: bool = True  # runtime docker goes through cri-dockerd (dockershim removed in 1.24)
     client_image: str = "registry.k8s.io/e2e-test-images/agnhost:2.53"  # lab.verify's client pods (curl, dig, sh)
     # The focus selecting the upstream dual-stack e2e tests of this version (test/e2e/network/dual_stack.go)
     e2e_focus: str = r"\[Feature:IPv6DualStack\]"
+    # sha256 of the box file at box_url as its publisher gives it ("": none could be pinned);
+    # rendered as the Vagrantfile's box_download_checksum, so Vagrant checks the download.
+    box_sha256: str = ""
 
     @property
     def kubernetes_minor(self) -> str:
@@ -87,7 +94,7 @@ CURRENT = Profile(
     # The CentOS project's -latest libvirt box: neither pinned by date nor checked. Its CHECKSUM
     # file beside the images could not be read offline, and the only dated box sum found
     # (CentOS-Stream-Vagrant-9-20211119.0, captured by kubevirt/containerdisks) is of a 2021 image
-    # that cloud.centos.org no longer keeps. The README's pins section says so.
+    # that cloud.centos.org no longer keeps; so box_sha256 stays empty. The README's pins section says so.
     box_url=(
         "https://cloud.centos.org/centos/9-stream/x86_64/images/"
         "CentOS-Stream-Vagrant-9-latest.x86_64.vagrant-libvirt.box"
@@ -134,8 +141,9 @@ SEED_2020 = Profile(
     box="centos/7",
     # The CentOS project's own libvirt box of CentOS 7 (2004.01, the last 7 box), by URL, so the
     # profile does not depend on the Vagrant Cloud entry; as pinned by other labs' Vagrantfiles.
-    # No copy of the sha256sum.txt published beside it could be read offline, so no
-    # box_download_checksum is set (Vagrant checks nothing of this box); the README says so.
+    # No copy of the sha256sum.txt published beside it could be read offline, so box_sha256
+    # stays empty and no box_download_checksum is set (Vagrant checks nothing of this box); the
+    # README says so.
     box_url="https://cloud.centos.org/centos/7/vagrant/x86_64/images/CentOS-7-x86_64-Vagrant-2004_01.LibVirt.box",
     kubernetes_version="1.17.2",
     kubeadm_api_version="v1beta2",
@@ -199,6 +207,7 @@ SEED_2020 = Profile(
     host_ips=False,
     endpoint_slices=False,
     legacy_metallb=True,
+    topology_spread=False,
     kube_proxy_modes=("ipvs",),
     needs_cri_dockerd=False,
     # agnhost's 1.17-era tag (2.8) lived on gcr.io/kubernetes-e2e-test-images; an older
@@ -208,25 +217,73 @@ SEED_2020 = Profile(
     e2e_focus=r"\[Feature:IPv6DualStackAlphaFeature\]",
 )
 
-def _unpinned(download: Optional[Download]) -> bool:
-    return download is None or not download.url or not (download.sha256 or download.sha512)
+
+#: The sums fetch.sh checks: lowercase hex of a sha256, or of a sha512; URLs: https, with no
+#: space, quote, backtick or backslash.
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_SHA512 = re.compile(r"[0-9a-f]{128}")
+_HTTPS_URL = re.compile(r"https://[^\s'\"`\\]+")
+
+
+def pin_problem(download: Optional[Download]) -> Optional[str]:
+    """Why ``download`` is not pinned, or None: the one rule for every download of the lab.
+
+    Pinned is an https URL (its mirrors too) and a sha256 of 64 lowercase hex digits, or,
+    where the sha256 is empty because upstream publishes only a sha512 (see
+    :class:`Download`), a sha512 of 128. The answer completes a sentence about the download
+    ("the Calico manifest has no sha256").
+    """
+    if download is None or not download.url:
+        return "has no URL"
+    if not _HTTPS_URL.fullmatch(download.url):
+        return f"has the URL {download.url!r}, not an https URL"
+    bad = next((m for m in download.mirrors if not _HTTPS_URL.fullmatch(m)), None)
+    if bad is not None:
+        return f"has the mirror {bad!r}, not an https URL"
+    if download.sha256:
+        return None if _SHA256.fullmatch(download.sha256) else "has a sha256 that is not 64 lowercase hex digits"
+    if download.sha512:
+        return None if _SHA512.fullmatch(download.sha512) else "has a sha512 that is not 128 lowercase hex digits"
+    return "has no sha256"
+
+
+def pinned(download: Optional[Download]) -> bool:
+    """True when ``download`` is pinned (:func:`pin_problem` finds nothing)."""
+    return pin_problem(download) is None
 
 
 def missing_pins(profile: Profile, runtime: str) -> List[Tuple[str, str]]:
-    """(step, problem) for every download of ``profile`` that has no URL or checksum.
+    """(step, problem) for every download of ``profile`` that is not pinned (:func:`pin_problem`),
+    and for a missing nginx image.
 
     Such a step refuses to run rather than install something unchecked.
     """
     found = []
-    if runtime == "docker" and profile.needs_cri_dockerd and _unpinned(profile.cri_dockerd):
-        found.append(("runtime", "cri-dockerd has no pinned URL and checksum"))
-    if profile.kubernetes_node_archive is not None and _unpinned(profile.kubernetes_node_archive):
-        found.append(("kubernetes", "the Kubernetes node archive has no checksum"))
-    if _unpinned(profile.calico_manifest):
-        found.append(("cni", f"the Calico {profile.calico_version} manifest has no pinned URL and sha256"))
-    if not profile.metallb_manifests or any(_unpinned(d) for d in profile.metallb_manifests):
-        found.append(("metallb", f"a MetalLB {profile.metallb_version} manifest has no pinned URL and sha256"))
+    if runtime == "docker" and profile.needs_cri_dockerd:
+        problem = pin_problem(profile.cri_dockerd)
+        if problem:
+            found.append(("runtime", f"the cri-dockerd download {problem}"))
+    if profile.kubernetes_node_archive is not None:
+        problem = pin_problem(profile.kubernetes_node_archive)
+        if problem:
+            found.append(("kubernetes", f"the Kubernetes node archive {problem}"))
+    problem = pin_problem(profile.calico_manifest)
+    if problem:
+        found.append(("cni", f"the Calico {profile.calico_version} manifest {problem}"))
+    if not profile.metallb_manifests:
+        found.append(("metallb", f"no MetalLB {profile.metallb_version} manifest is pinned"))
+    for number, download in enumerate(profile.metallb_manifests, start=1):
+        problem = pin_problem(download)
+        if problem:
+            found.append(("metallb", f"MetalLB {profile.metallb_version} manifest {number} {problem}"))
+    if not profile.nginx_image:
+        found.append(("workloads", "no nginx image is set"))
     return found
+
+
+def step_pin_problems(profile: Profile, runtime: str, step: str) -> List[str]:
+    """What of :func:`missing_pins` stops ``step``."""
+    return [problem for name, problem in missing_pins(profile, runtime) if name == step]
 
 
 PROFILES = {p.name: p for p in (CURRENT, SEED_2020)}

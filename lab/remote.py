@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Dict, Optional
 
+from . import layout
 from .context import Command, Result
 from .errors import LabError, StepError
 from .private import append_private, private_dir, redact
@@ -34,7 +35,7 @@ SOCKET_PATH_MAX = 104
 #: sets up, "." and 16 random characters (OpenSSH mux.c, muxserver_listen).
 CONTROL_NAME = "%C"
 CONTROL_SUFFIX_LEN = 1 + 40 + 1 + 16
-CONTROL_SUBDIR = "ssh"
+CONTROL_SUBDIR = layout.CONTROL_DIR
 #: Fallback control directories made with mkdtemp, one per state directory, removed at exit.
 _FALLBACK_DIRS: Dict[str, Path] = {}
 
@@ -157,10 +158,6 @@ class SshRunner:
             raise StepError(self.step, f"{node}: `{shown}` exited {proc.returncode}: {last}", self.log_path)
         return result
 
-    def put(self, node: str, local: Path, remote: str) -> None:
-        """Copy a local file to ``remote`` (as root, parent directories created)."""
-        self.run(node, ["install", "-D", "-m", "0644", "/dev/stdin", remote], input=Path(local).read_bytes())
-
     def put_text(self, node: str, text: str, remote: str, mode: str = "0644", secret: bool = False) -> None:
         """Write ``text`` to ``remote`` on ``node``; a file of mode 0600 or ``secret`` is a secret's."""
         self.run(node, ["install", "-D", "-m", mode, "/dev/stdin", remote], input=text.encode(),
@@ -190,9 +187,3 @@ class SshRunner:
             lines.append(f"printf '%s' '{data}' | base64 -d > {tmp}")
             lines.append(f"chmod {mode} -- {tmp} && mv -f -- {tmp} {quote(target)}")
         self.run(node, ["bash", "-s"], input=("\n".join(lines) + "\n").encode())
-
-    def get(self, node: str, remote: str, local: Path) -> None:
-        """Copy ``remote`` from ``node`` to ``local`` (its content is not logged)."""
-        result = self.run(node, ["cat", remote], input=b"", secret=True)
-        Path(local).parent.mkdir(parents=True, exist_ok=True)
-        Path(local).write_text(result.stdout)

@@ -15,13 +15,25 @@ from typing import Dict, List, Optional
 
 import jinja2
 
-from . import identity, kubeadm, network, nodeenv, statedir, workloads
+from . import identity, kubeadm, manifests, network, nodeenv, statedir
 from .config import LabConfig
 from .context import State
 from .private import private_dir, write_private
 
-ROOT = Path(__file__).resolve().parent.parent
-PROVISION_DIR = ROOT / "provision"
+HERE = Path(__file__).resolve().parent
+
+
+def _provision_dir() -> Path:
+    """The scripts run on the nodes: ``lab/provision`` in an installed package (pyproject.toml
+    maps the checkout's top-level ``provision/`` there), else that ``provision/`` itself."""
+    installed = HERE / "provision"
+    return installed if installed.is_dir() else HERE.parent / "provision"
+
+
+PROVISION_DIR = _provision_dir()
+#: The Vagrantfile template: ``Vagrantfile.j2`` at the top of the project, installed as package
+#: data of ``lab`` through the link ``lab/templates/Vagrantfile.j2``.
+TEMPLATES_DIR = HERE / "templates"
 VAGRANTFILE_TEMPLATE = "Vagrantfile.j2"
 BOOT_TIMEOUT_S = 900
 
@@ -45,7 +57,7 @@ def ruby_string(value) -> str:
 
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(ROOT)),
+        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
@@ -54,13 +66,21 @@ def _environment() -> jinja2.Environment:
     return env
 
 
+def box_sha256(cfg: LabConfig) -> str:
+    """The pinned sha256 of the box download: the profile's, for the profile's own box file only
+    (a ``lab.box`` or ``lab.box_url`` of the user's is not checked); "" when none is pinned."""
+    profile = cfg.profile
+    return profile.box_sha256 if (cfg.box, cfg.box_url) == (profile.box, profile.box_url) else ""
+
+
 def vagrantfile(cfg: LabConfig, lab_id: Optional[str] = None) -> str:
-    """The Vagrantfile of the lab, from ``Vagrantfile.j2``; its machines carry ``lab_id``."""
+    """The Vagrantfile of the lab, from ``templates/Vagrantfile.j2``; its machines carry ``lab_id``."""
     return _environment().get_template(VAGRANTFILE_TEMPLATE).render(
         description=identity.description(cfg.name, lab_id),
         nodes=cfg.nodes,
         box=cfg.box,
         box_url=cfg.box_url,
+        box_sha256=box_sha256(cfg),
         boot_timeout=BOOT_TIMEOUT_S,
         libvirt_uri=cfg.libvirt_uri,
         libvirt_driver=cfg.libvirt_driver,
@@ -111,7 +131,7 @@ def artifacts(cfg: LabConfig, state: State) -> Dict[str, str]:
     if ca_hash:
         for node in cfg.workers:
             files[f"nodes/{node.name}-join.yaml"] = kubeadm.render_join(cfg, node, join_token(state), ca_hash)
-    for name, text in workloads.render_manifests(cfg).items():
+    for name, text in manifests.render_manifests(cfg).items():
         files[f"manifests/{name}"] = text
     return files
 

@@ -1,23 +1,28 @@
-"""The lab's state directory: which directory may be claimed, and what the lab wrote there.
+"""The lab's state directory: which directory may be claimed, what the lab wrote there, and its removal.
 
 A state directory is claimed only when it is new, empty, or already carries the lab's
 marker; a system directory or a home directory never is. Every file the lab writes into
-it is recorded in a manifest, and destroy removes only recorded files (plus the few that
-only the lab ever makes there: ``state.json``, ``ssh_config``, ``kubeconfig``, ``.vagrant``),
-so a user's own file in ``logs/`` or ``manifests/`` survives.
+it is recorded in a manifest, and destroy removes what :mod:`lab.layout` lists, each as its
+entry says: recorded files only where a user may keep files of their own (``logs/``,
+``manifests/``), the names and folders only the lab makes there whole.
 """
 
 from __future__ import annotations
 
 import os
 import pwd
+import shutil
+import stat
+from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import Iterable, List, Optional
+from typing import Iterable, List, Optional, Tuple
 
+from . import layout
 from .errors import ConfigError
+from .private import create_private
 
-MARKER = ".dslab"
-MANIFEST = ".dslab-files"
+MARKER = layout.MARKER
+MANIFEST = layout.MANIFEST
 
 #: Never a state directory: the root, the top-level system directories, and these below them.
 SYSTEM_DIRS = ("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/media",
@@ -107,3 +112,97 @@ def recorded_names(state_dir: Path) -> List[str]:
         if line and not rel.is_absolute() and ".." not in rel.parts and line not in names:
             names.append(line)
     return names
+
+
+def new_log(state_dir: Path, kind: str) -> Path:
+    """A new, empty log of this run (``logs/<kind>-<time>[-<n>].log``, 0600), recorded as the lab's."""
+    where, now, n = layout.Layout(state_dir), datetime.now(), 1
+    path = where.log(kind, now)
+    while path.exists():  # two runs within one second: each keeps its own log
+        n += 1
+        path = where.log(kind, now, n)
+    create_private(path)
+    record(state_dir, [path])
+    return path
+
+
+def inside(state_dir: Path, path: Path) -> bool:
+    """True when ``path``'s directory is really inside ``state_dir`` (no symlinked parent)."""
+    real = Path(os.path.realpath(state_dir))
+    try:
+        rel = Path(os.path.abspath(path)).relative_to(Path(os.path.abspath(state_dir)))
+    except ValueError:
+        return False
+    return Path(os.path.realpath(path.parent)) == (real / rel).parent
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return not stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def removals(state_dir: Path) -> List[Tuple[str, Path]]:
+    """What :func:`remove_state` removes from ``state_dir``, in order: ("file", path), ("tree", path),
+    ("dir", path) for a folder that is removed when it is empty then; [] when it is not the lab's."""
+    state_dir = Path(state_dir)
+    if not (state_dir / MARKER).is_file() or state_dir.is_symlink():
+        return []
+    trees = [state_dir / e.pattern for e in layout.ENTRIES if e.removal == "tree"]
+    trees = [p for p in trees if p.is_dir() and not p.is_symlink()]
+    files, parents = [], set()
+
+    def add_file(path: Path) -> None:
+        if (path not in files and inside(state_dir, path) and _is_file(path)
+                and not any(tree in path.parents for tree in trees)):
+            files.append(path)
+            parents.update(p for p in path.parents if p != state_dir and state_dir in p.parents)
+
+    for rel in recorded_names(state_dir):
+        add_file(state_dir / rel)
+    for entry in layout.ENTRIES:
+        if entry.removal == "lab":
+            for path in sorted(state_dir.glob(entry.pattern)):
+                add_file(path)
+        elif entry.removal == "recorded" and entry.temp:
+            for path in sorted(state_dir.glob(entry.temp)):
+                add_file(path)  # left by a write that was interrupted
+        elif entry.removal == "sockets":
+            path = state_dir / entry.pattern
+            if path.is_dir() and not path.is_symlink():
+                files.extend(item for item in sorted(path.iterdir()) if stat.S_ISSOCK(os.lstat(item).st_mode))
+                parents.add(path)
+    dirs = sorted(parents, key=lambda p: len(p.parts), reverse=True)
+    return [("file", p) for p in files] + [("tree", p) for p in trees] + [("dir", p) for p in dirs]
+
+
+def remove_state(state_dir: Path) -> None:
+    """Remove what the lab wrote into ``state_dir`` (and the directory, if then empty).
+
+    Only a directory with the lab's marker is touched, and in it what :func:`removals` lists:
+    a user's own file, in ``logs/`` or anywhere else, stays, and so does the marker beside it.
+    """
+    state_dir = Path(state_dir)
+    plan = removals(state_dir)
+    if not plan:
+        return
+    for kind, path in plan:
+        if kind == "file":
+            if _is_file(path):
+                path.unlink()
+        elif kind == "tree":
+            shutil.rmtree(path)
+        else:
+            try:
+                path.rmdir()
+            except OSError:
+                pass  # not empty: someone else's files are in it
+    bookkeeping = {MARKER, MANIFEST}
+    if all(entry.name in bookkeeping for entry in state_dir.iterdir()):
+        for name in bookkeeping:
+            if _is_file(state_dir / name):
+                (state_dir / name).unlink()
+        state_dir.rmdir()
+    elif _is_file(state_dir / MANIFEST):
+        (state_dir / MANIFEST).unlink()  # what it listed is gone; the marker stays with the rest

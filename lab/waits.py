@@ -115,15 +115,18 @@ def _with_reasons(text: str, reasons: List[str]) -> str:
     return text + ("; " + "; ".join(reasons) if reasons else "")
 
 
-def wait_rollout(ctx: Context, namespace: str, what: str, seconds: int, step: str = "wait") -> None:
-    """Wait up to ``seconds`` until ``what`` is rolled out, or fail naming it and why."""
+def wait_rollout(ctx: Context, namespace: str, what: str, seconds: int, step: Optional[str] = None) -> None:
+    """Wait up to ``seconds`` until ``what`` is rolled out, or fail naming it and why (as ``step``,
+    by default the step running)."""
+    ctx.progress.action(f"waiting for {namespace}/{what} to roll out")
     result = ctx.kubectl(["-n", namespace, "rollout", "status", what, f"--timeout={seconds}s"],
                          check=False, timeout=seconds + 60)
     if not result.ok:
         reasons = explain(ctx, namespace)
         said = (result.stderr or result.stdout).strip()[-200:]
-        raise StepError(step, _with_reasons(f"{namespace}/{what} is not ready after {ctx.cfg.ready_timeout} s: {said}",
-                                            reasons), ctx.log_path)
+        raise StepError(step or ctx.step or "wait",
+                        _with_reasons(f"{namespace}/{what} is not ready after {seconds} s: {said}", reasons),
+                        ctx.log_path)
 
 
 def wait_node_ready(ctx: Context, name: str, deadline: float, *, clock: Callable[[], float] = time.monotonic,
@@ -134,12 +137,14 @@ def wait_node_ready(ctx: Context, name: str, deadline: float, *, clock: Callable
     registration is waited for first, and a failure says which of the two did not happen.
     """
     timeout = ctx.cfg.ready_timeout
+    ctx.progress.action(f"waiting for node {name} to register")
     while not ctx.kubectl(["get", "node", name, "-o", "name"], check=False).ok:
         if clock() >= deadline:
             raise StepError("join", f"node {name} did not register with the API server within {timeout} s "
                             f"(on the node: journalctl -u kubelet)", ctx.log_path)
         sleep(POLL_SECONDS)
     seconds = max(1, int(deadline - clock()))
+    ctx.progress.action(f"waiting for node {name} to be Ready")
     result = ctx.kubectl(["wait", "--for=condition=Ready", f"node/{name}", f"--timeout={seconds}s"],
                          check=False, timeout=seconds + 60)
     if not result.ok:

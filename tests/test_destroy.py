@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 import uuid as uuidlib
+from pathlib import Path
 
 import pytest
 
 from lab import config, destroy, identity, network, render, statedir
 from lab.errors import LabError
+from lab.progress import Progress
 
 BOX_VOLUME = "centos-stream-9_vagrant_box_image_0_box.img"
 SHARED = "test:///default"
@@ -29,6 +32,17 @@ def volume(name, backing=None):
     back = f"<backingStore><path>/pool/{backing}</path><format type='qcow2'/></backingStore>" if backing else ""
     return (f"<volume type='file'><name>{name}</name><key>/pool/{name}</key><capacity>1000</capacity>"
             f"<target><path>/pool/{name}</path></target>{back}</volume>")
+
+
+def run_destroy(cfg, lines=None, out=None):
+    """``destroy.destroy`` with its status lines on ``out``; its ``!`` lines (what it reports beside
+    its steps) are added to ``lines``."""
+    out = out if out is not None else io.StringIO()
+    try:
+        return destroy.destroy(destroy.context(cfg, Progress(out, animate=False)))
+    finally:
+        if lines is not None:
+            lines.extend(line[2:] for line in out.getvalue().splitlines() if line.startswith("! "))
 
 
 def lab_at(tmp_path, sub, **extra):
@@ -83,7 +97,7 @@ def test_destroy_removes_the_lab_and_nothing_else(host, tmp_path):
     cfg = config.load({"libvirt_uri": host, "state_dir": str(tmp_path / "state")})
     render.render_all(cfg, cfg.state_dir)
     lines = []
-    removed = destroy.destroy(cfg, tmp_path / "destroy.log", report=lines.append)
+    removed = run_destroy(cfg, lines)
     assert sorted(removed["domains"]) == ["dslab_k8s-master01", "dslab_k8s-worker01", "dslab_k8s-worker03"]
     # Its disks; not the user's disk on master01 nor their copy; the box image stays: another lab's
     # disk is still backed by it.
@@ -215,10 +229,10 @@ def test_a_second_checkout_with_the_same_lab_name_leaves_the_first_lab_whole(sha
         render.render_all(second, second.state_dir)
     lines = []
     with pytest.raises(LabError) as refused:
-        destroy.destroy(second, tmp_path / "d.log", report=lines.append)
+        run_destroy(second, lines)
 
     assert (shared.domain_names(), shared.volume_names(), shared.network_uuids()) == before
-    message = str(refused.value)
+    message = refused.value.reason
     assert lines == [] and "\n" not in message
     assert message.startswith("lab.name: ") and "not this lab's" in message
     for node in first.nodes:
@@ -233,7 +247,7 @@ def test_a_second_checkout_with_the_same_lab_name_leaves_the_first_lab_whole(sha
     assert shared.network_uuids()[first.network_name] == first_id
 
     # The first lab's own destroy removes all of it, but the user's disk and (still used elsewhere) nothing more.
-    removed = destroy.destroy(first, tmp_path / "d.log", report=lines.append)
+    removed = run_destroy(first, lines)
     assert sorted(removed["domains"]) == sorted(first.domain_name(n) for n in first.nodes)
     assert first.network_name in removed["networks"]
     assert shared.volume_names() == ["mine.qcow2"]   # the box image too: nothing is backed by it any more
@@ -252,7 +266,7 @@ def test_destroy_after_the_state_directory_was_deleted_finds_its_own_objects_onl
     with network.connect(SHARED) as conn:
         assert destroy.libvirt_leftovers(lab, conn)["domains"] == sorted(lab.domain_name(n) for n in lab.nodes)
     lines = []
-    removed = destroy.destroy(lab, tmp_path / "d.log", report=lines.append)
+    removed = run_destroy(lab, lines)
     assert sorted(removed["domains"]) == sorted(lab.domain_name(n) for n in lab.nodes)
     assert removed["networks"] == [lab.network_name]
     assert lines == []
@@ -275,10 +289,10 @@ def test_vagrant_is_not_run_on_machines_of_another_lab(shared, tmp_path, monkeyp
     id_file.write_text(dom.UUIDString())
     calls = []
     monkeypatch.setattr(destroy.machines, "destroy", lambda cfg, log: calls.append(cfg.state_dir))
-    lines = []
-    destroy.destroy(copy, tmp_path / "d.log", report=lines.append)
+    out = io.StringIO()
+    run_destroy(copy, out=out)
     assert calls == []
-    assert any("vagrant destroy skipped" in line for line in lines), lines
+    assert "vagrant destroy skipped" in out.getvalue(), out.getvalue()
     assert first.domain_name(first.control_plane) in shared.domain_names()
 
 
@@ -287,6 +301,8 @@ def old_lab(shared, tmp_path, sub="old", box=BOX_VOLUME):
     as its network's UUID (libvirt made that one up); .vagrant records the machines' UUIDs."""
     cfg, _ = shared_lab(tmp_path, sub, shared)
     (cfg.state_dir / "state.json").write_text('{"steps": {}}')
+    (cfg.state_dir / "Vagrantfile").write_text("# the lab's Vagrant project\n")
+    statedir.record(cfg.state_dir, [cfg.state_dir / "Vagrantfile"])
     net = shared.conn.networkDefineXML(network.network_xml(cfg))
     net.create()
     if box not in shared.volume_names():
@@ -316,7 +332,7 @@ def test_a_lab_made_before_labs_carried_an_id(shared, tmp_path, monkeypatch, cas
 
     if case == ".vagrant kept":
         # Its machines are the ones .vagrant records; its network is used by them alone.
-        removed = destroy.destroy(lab, tmp_path / "d.log", report=lines.append)
+        removed = run_destroy(lab, lines)
         assert calls == [lab.state_dir]
         assert sorted(removed["domains"]) == names and removed["networks"] == [lab.network_name]
         assert [d for d in shared.domain_names() if d != "test"] == []
@@ -326,8 +342,8 @@ def test_a_lab_made_before_labs_carried_an_id(shared, tmp_path, monkeypatch, cas
         return
 
     with pytest.raises(LabError) as refused:
-        destroy.destroy(lab, tmp_path / "d.log", report=lines.append)
-    message = str(refused.value)
+        run_destroy(lab, lines)
+    message = refused.value.reason
     assert calls == [] and lines == [] and "\n" not in message
     assert message.startswith("lab.name: ")
     assert f"virsh -c {SHARED} net-destroy {lab.network_name}; virsh -c {SHARED} net-undefine {lab.network_name}" \
@@ -366,13 +382,16 @@ def test_destroy_of_a_lab_made_before_ids_without_its_machines_exits_1_and_keeps
     env.update(PYTHONPATH=str(root), INVOKE_LAB_STATE_DIR=str(cfg.state_dir),
                INVOKE_LAB_LIBVIRT_URI=f"test://{tmp_path / 'node.xml'}")
     shutil.copy(root / "tasks.py", tmp_path / "tasks.py")
-    result = subprocess.run([sys.executable, "-m", "invoke", "lab.destroy"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1, result.stderr
-    assert "Traceback" not in result.stderr and "destroyed" not in result.stderr
-    line, = result.stderr.strip().splitlines()
-    assert line.startswith("lab.name: ") and f"net-undefine {cfg.network_name}" in line
-    assert f"undefine --remove-all-storage {cfg.domain_name(cfg.control_plane)}" in line
+    for quiet in ((), ("--quiet",)):
+        result = subprocess.run([sys.executable, "-m", "invoke", "lab.destroy", *quiet], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr and "destroyed" not in result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 if quiet else len(lines) > 1, lines   # quiet: the failure alone
+        line = lines[-1]
+        assert line.startswith("✗ libvirt: lab.name: ") and f"net-undefine {cfg.network_name}" in line
+        assert f"undefine --remove-all-storage {cfg.domain_name(cfg.control_plane)}" in line
     assert (cfg.state_dir / "state.json").read_text() == '{"steps": {}}'
     assert (cfg.state_dir / ".vagrant" / "machines").is_dir()
 
@@ -404,7 +423,7 @@ def test_the_box_image_is_removed_only_by_the_lab_that_used_it(shared, tmp_path,
         shared.build_lab(lab, lab_id)
         if case.startswith("lost state"):
             shutil.rmtree(lab.state_dir)
-    destroy.destroy(lab, tmp_path / "d.log", report=lambda line: None)
+    run_destroy(lab)
     assert shared.volume_names() == kept
     assert [d for d in shared.domain_names() if d != "test"] == []
 
@@ -417,7 +436,7 @@ def test_a_directory_without_the_marker_is_never_cleaned(tmp_path):
     (precious / "logs").mkdir(parents=True)
     (precious / "logs" / "diary.txt").write_text("mine")
     (precious / "Vagrantfile").write_text("# someone else's")
-    destroy.remove_state(precious)
+    statedir.remove_state(precious)
     assert (precious / "logs" / "diary.txt").read_text() == "mine"
     assert (precious / "Vagrantfile").exists()
 
@@ -426,7 +445,7 @@ def test_marked_directory_keeps_what_the_lab_did_not_write(tmp_path):
     cfg = config.load({"state_dir": str(tmp_path / "state")})
     render.render_all(cfg, cfg.state_dir)
     (cfg.state_dir / "notes.txt").write_text("keep me")
-    destroy.remove_state(cfg.state_dir)
+    statedir.remove_state(cfg.state_dir)
     assert (cfg.state_dir / "notes.txt").read_text() == "keep me"
     assert not (cfg.state_dir / "Vagrantfile").exists()
 
@@ -451,7 +470,7 @@ def test_destroy_removes_only_the_files_the_lab_recorded_writing(tmp_path):
     with open(cfg.state_dir / statedir.MANIFEST, "a") as handle:
         handle.write("elsewhere/kept.log\n")
 
-    destroy.remove_state(cfg.state_dir)
+    statedir.remove_state(cfg.state_dir)
 
     assert not lab_log.exists()
     assert not any(p.exists() for p in written)
@@ -566,3 +585,130 @@ def test_a_copied_state_directory_owns_nothing_of_the_original(tmp_path):
     with pytest.raises(config.ConfigError) as err:
         identity.ensure_id(copy)
     assert "was copied or moved from another state directory" in str(err.value)
+
+
+# ------------------------------------------------------------------ --dry, and the log of vagrant destroy
+
+
+def test_the_plan_is_what_destroy_then_removes_and_changes_nothing(shared, tmp_path):
+    lab, lab_id = shared_lab(tmp_path, "lab", shared)
+    render.render_all(lab, lab.state_dir)
+    shared.build_lab(lab, lab_id)
+    shared.volume("dslab_stranger.img")   # not the lab's
+    out = io.StringIO()
+    before = (shared.domain_names(), shared.volume_names(), shared.network_uuids(), sorted(lab.state_dir.rglob("*")))
+    plan = destroy.show_plan(destroy.context(lab, Progress(out, animate=False)))
+    assert (shared.domain_names(), shared.volume_names(), shared.network_uuids(),
+            sorted(lab.state_dir.rglob("*"))) == before
+    removed = run_destroy(lab)
+    assert plan["domains"] == sorted(removed["domains"])
+    assert plan["volumes"] == sorted(removed["volumes"]) and BOX_VOLUME in plan["volumes"]
+    assert plan["networks"] == removed["networks"] == [lab.network_name]
+    assert {Path(p.rstrip("/")) for p in plan["state"]} >= {lab.state_dir / "Vagrantfile", lab.state_dir / "state.json"}
+    lines = out.getvalue().splitlines()
+    assert "· would run vagrant destroy -f" in lines and lines[-1] == "· dry run: nothing was changed"
+    assert f"· would remove 1 networks: {lab.network_name}" in lines
+
+
+def test_dry_destroy_through_invoke_removes_nothing(host, tmp_path):
+    """``invoke --dry lab.destroy`` (invoke's core flag sets run.dry): what would go, and nothing goes."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    cfg = config.load({"libvirt_uri": host, "state_dir": str(tmp_path / "state")})
+    render.render_all(cfg, cfg.state_dir)
+    before = sorted((p, p.read_bytes() if p.is_file() else None) for p in cfg.state_dir.rglob("*"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INVOKE_")}
+    env.update(PYTHONPATH=str(root), INVOKE_LAB_STATE_DIR=str(cfg.state_dir), INVOKE_LAB_LIBVIRT_URI=host)
+    shutil.copy(root / "tasks.py", tmp_path / "tasks.py")
+    for flag in ("--dry", "-R"):
+        result = subprocess.run([sys.executable, "-m", "invoke", flag, "lab.destroy"], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        lines = result.stderr.splitlines()
+        assert "· would remove 3 domains: dslab_k8s-master01, dslab_k8s-worker01, dslab_k8s-worker03" in lines
+        assert "· would detach and keep the disk dslab_k8s-master01: /pool/dslab_k8s-master01-vdb.qcow2" in lines
+        assert f"· would remove {cfg.state_dir / 'Vagrantfile'}" in lines
+        assert "destroyed" not in result.stderr
+        assert sorted((p, p.read_bytes() if p.is_file() else None) for p in cfg.state_dir.rglob("*")) == before
+
+
+@pytest.fixture()
+def failing_vagrant(monkeypatch):
+    """vagrant destroy that writes to its log and fails."""
+    from lab.errors import StepError
+
+    def vagrant_destroy(cfg, log_path):
+        log_path.write_text("==> k8s-master01: the provider said no\n")
+        raise StepError("destroy", "vagrant destroy failed (the provider said no)", log_path)
+    monkeypatch.setattr(destroy.machines, "destroy", vagrant_destroy)
+
+
+def destroy_task(cfg, capsys):
+    """The real ``lab.destroy`` task body, in this process; its exit code and stderr lines."""
+    from invoke import Config, Context as InvokeContext, Exit
+
+    from lab import tasks
+
+    c = InvokeContext(Config(overrides={"lab": {"state_dir": str(cfg.state_dir), "libvirt_uri": cfg.libvirt_uri,
+                                                "storage_pool": cfg.storage_pool}}))
+    try:
+        tasks.destroy.body(c)
+        code = 0
+    except Exit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err.splitlines()
+
+
+def test_the_log_of_a_failed_destroy_stays_where_its_line_points(shared, tmp_path, failing_vagrant, monkeypatch,
+                                                                  capsys):
+    import libvirt
+
+    lab, lab_id = shared_lab(tmp_path, "lab", shared)
+    render.render_all(lab, lab.state_dir)
+    shared.build_lab(lab, lab_id)
+
+    def cannot(*args):
+        raise libvirt.libvirtError("the network is busy")
+    monkeypatch.setattr(destroy, "_remove_network", cannot)
+    code, lines = destroy_task(lab, capsys)
+    assert code == 1
+    assert lines[-1].startswith("✗ libvirt: cannot remove network dslab_net"), lines
+    log = Path(lines[-1].rsplit("vagrant destroy's log: ", 1)[1].rstrip(")"))
+    assert log.parent == lab.state_dir / "logs" and log.name.startswith("destroy-")
+    assert log.read_text() == "==> k8s-master01: the provider said no\n"   # it is still there to read
+    assert str(log.relative_to(lab.state_dir)) in statedir.recorded_names(lab.state_dir)
+
+
+def test_the_log_of_a_destroy_that_succeeds_goes_with_the_state(shared, tmp_path, failing_vagrant, capsys):
+    lab, lab_id = shared_lab(tmp_path, "lab", shared)
+    render.render_all(lab, lab.state_dir)
+    shared.build_lab(lab, lab_id)
+    code, lines = destroy_task(lab, capsys)
+    assert code == 0, lines
+    assert ("! vagrant destroy failed (the provider said no); removing the lab's machines by their id instead"
+            in lines)
+    assert not any("log" in line for line in lines), lines
+    assert not lab.state_dir.exists()
+    assert [d for d in shared.domain_names() if d != "test"] == []
+
+
+def test_destroy_removes_the_e2e_results_recorded_or_not(tmp_path):
+    """hydrophone's output (``lab.verify --e2e``), also when the run was interrupted before it was recorded."""
+    cfg = config.load({"state_dir": str(tmp_path / "state")})
+    render.render_all(cfg, cfg.state_dir)
+    e2e = cfg.state_dir / "e2e"
+    (e2e / "plugins").mkdir(parents=True)
+    (e2e / "e2e.log").write_text("recorded\n")
+    statedir.record(cfg.state_dir, [e2e / "e2e.log"])
+    (e2e / "junit_01.xml").write_text("<testsuite/>\n")         # written after the record, by an interrupted run
+    (e2e / "plugins" / "results.tar.gz").write_bytes(b"\0")
+    statedir.remove_state(cfg.state_dir)
+    assert not cfg.state_dir.exists()
+    # An e2e run that wrote nothing leaves an empty folder: that goes too.
+    render.render_all(cfg, cfg.state_dir)
+    (cfg.state_dir / "e2e").mkdir()
+    statedir.remove_state(cfg.state_dir)
+    assert not cfg.state_dir.exists()

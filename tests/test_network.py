@@ -194,12 +194,12 @@ def test_lab_network_on_real_libvirtd_answers_both_families_and_is_destroyed(lib
 
     libvirtd.run(["ip", "link", "del", "dslabt-port"])
     render.render_all(cfg, cfg.state_dir)
-    removed = destroy.destroy(cfg, tmp_path / "destroy.log", report=lambda line: None)
+    removed = destroy.destroy(destroy.context(cfg))
     assert removed["networks"] == [cfg.network_name]
     assert cfg.network_name not in libvirtd.networks()
     assert not cfg.state_dir.exists()
     # Twice is safe.
-    assert destroy.destroy(cfg, tmp_path / "destroy.log", report=lambda line: None) == {
+    assert destroy.destroy(destroy.context(cfg)) == {
         "domains": [], "volumes": [], "networks": []}
 
 
@@ -227,7 +227,7 @@ def test_changed_network_is_replaced_and_other_networks_are_left_alone(libvirtd,
         assert network.ensure_network(changed, conn) == "replaced"
         root = ET.fromstring(conn.networkLookupByName(cfg.network_name).XMLDesc(0))
         assert len(root.findall("ip/dhcp/host")) == 4
-    destroy.destroy(cfg, tmp_path / "d.log", report=lambda line: None)
+    destroy.destroy(destroy.context(cfg))
     assert other.network_name in libvirtd.networks()
-    destroy.destroy(other, tmp_path / "d.log", report=lambda line: None)
+    destroy.destroy(destroy.context(other))
     assert other.network_name not in libvirtd.networks()

@@ -77,3 +77,75 @@ def test_fetch_args_carry_the_mirrors():
 def test_seed_node_archive_is_checked_by_sha512():
     archive = SEED_2020.kubernetes_node_archive
     assert archive is not None and re.fullmatch(r"[0-9a-f]{128}", archive.sha512)
+
+
+# --------------------------------------------------------------------------- one rule for pins
+
+SUM256, SUM512 = "ab" * 32, "cd" * 64
+PINS = [
+    # (download, pinned?)
+    (Download(url="https://a.example/x", sha256=SUM256), True),
+    (Download(url="https://a.example/x", sha256="", sha512=SUM512), True),  # upstream publishes only a sha512
+    (Download(url="https://a.example/x", sha256=SUM256, mirrors=("https://b.example/x",)), True),
+    (None, False),
+    (Download(url="", sha256=SUM256), False),
+    (Download(url="http://a.example/x", sha256=SUM256), False),
+    (Download(url="ftp://a.example/x", sha256=SUM256), False),
+    (Download(url="https://a.example/a b", sha256=SUM256), False),
+    (Download(url="https://a.example/x", sha256=SUM256, mirrors=("http://b.example/x",)), False),
+    (Download(url="https://a.example/x", sha256=""), False),
+    (Download(url="https://a.example/x", sha256=SUM256[:-1]), False),
+    (Download(url="https://a.example/x", sha256=SUM256.upper()), False),
+    (Download(url="https://a.example/x", sha256="g" * 64), False),
+    (Download(url="https://a.example/x", sha256="", sha512=SUM512[:-2]), False),
+    (Download(url="https://a.example/x", sha256=SUM512), False),  # a sha512 in the sha256 field
+]
+
+
+@pytest.mark.parametrize("download, pinned", PINS, ids=[str(i) for i in range(len(PINS))])
+def test_one_rule_says_what_is_pinned(download, pinned):
+    assert profiles.pinned(download) is pinned
+    problem = profiles.pin_problem(download)
+    assert (problem is None) is pinned
+    assert problem is None or "\n" not in problem
+
+
+@pytest.mark.parametrize("field, step", [
+    ("calico_manifest", "cni"),
+    ("cri_dockerd", "runtime"),
+])
+@pytest.mark.parametrize("download, pinned", [p for p in PINS if p[0] is not None and p[0].url],
+                         ids=[str(i) for i, p in enumerate(PINS) if p[0] is not None and p[0].url])
+def test_every_download_is_judged_by_the_one_rule(field, step, download, pinned):
+    profile = dataclasses.replace(CURRENT, **{field: download})
+    named = [s for s, _ in profiles.missing_pins(profile, "docker")]
+    assert named == ([] if pinned else [step])
+    archive = dataclasses.replace(SEED_2020, kubernetes_node_archive=download)
+    assert [s for s, _ in profiles.missing_pins(archive, "docker")] == ([] if pinned else ["kubernetes"])
+
+
+def test_a_missing_nginx_image_is_named_with_its_step():
+    assert profiles.step_pin_problems(dataclasses.replace(CURRENT, nginx_image=""), "docker", "workloads") == [
+        "no nginx image is set"]
+
+
+# --------------------------------------------------------------------------- what each profile can do
+
+
+def _minor(version):
+    return tuple(int(p) for p in version.split(".")[:2])
+
+
+@pytest.mark.parametrize("profile", [CURRENT, SEED_2020], ids=lambda p: p.name)
+def test_each_capability_agrees_with_the_versions_it_stands_for(profile):
+    k8s, calico, metallb = (_minor(v) for v in (profile.kubernetes_version, profile.calico_version,
+                                                 profile.metallb_version))
+    assert profile.dual_stack_services == (k8s >= (1, 20))
+    assert profile.dual_stack_feature_gate == (k8s < (1, 23))
+    assert profile.kubelet_node_ip_dual == (k8s >= (1, 20))
+    assert profile.endpoint_slices == (k8s >= (1, 18))
+    assert profile.needs_cri_dockerd == (k8s >= (1, 24))
+    assert profile.topology_spread == (k8s >= (1, 26))
+    assert profile.host_ips == (k8s >= (1, 29))
+    assert ("nftables" in profile.kube_proxy_modes) == (k8s >= (1, 31))
+    assert profile.legacy_metallb == (metallb < (0, 13))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -107,3 +108,31 @@ def test_remote_libvirt_uri_validates(tmp_path):
     assert f'libvirt.uri = "{uri}"' in (cfg.state_dir / "Vagrantfile").read_text()
     result = vagrant(cfg.state_dir, "validate", home=tmp_path / "vagrant.d")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_a_pinned_box_sum_is_rendered_for_the_profiles_own_box_only(tmp_path, profile):
+    import dataclasses
+
+    from lab import profiles
+
+    pinned = dataclasses.replace(profiles.PROFILES[profile], box_sha256="ab" * 32)
+    cfg = dataclasses.replace(config.load({"profile": profile, "state_dir": str(tmp_path / "lab")}), profile=pinned)
+    render.render_all(cfg, cfg.state_dir)
+    text = (cfg.state_dir / "Vagrantfile").read_text()
+    assert f'config.vm.box_download_checksum = "{"ab" * 32}"\n' in text
+    assert 'config.vm.box_download_checksum_type = "sha256"\n' in text
+    result = vagrant(cfg.state_dir, "validate", home=tmp_path / "vagrant.d")
+    assert result.returncode == 0, result.stdout + result.stderr
+    # A box of the user's is not the file the profile's sum is of.
+    own = config.load({"profile": profile, "box_url": "https://boxes.example/mine.box"})
+    assert "box_download_checksum" not in render.vagrantfile(dataclasses.replace(own, profile=pinned))
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_the_box_sum_of_every_profile_is_a_sha256_or_none(profile):
+    from lab import profiles
+
+    assert re.fullmatch(r"([0-9a-f]{64})?", profiles.PROFILES[profile].box_sha256)
+    text = render.vagrantfile(config.load({"profile": profile}))
+    assert ("box_download_checksum" in text) == bool(profiles.PROFILES[profile].box_sha256)

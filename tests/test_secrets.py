@@ -13,7 +13,6 @@ import base64
 import io
 import json
 import os
-import shlex
 import shutil
 import stat
 import subprocess
@@ -28,6 +27,7 @@ import lab.config
 from lab import cluster, kubeadm, pipeline, private, render
 from lab.context import Context, Result, State
 from lab.errors import LabError, StepError
+from lab.progress import Progress
 from lab.remote import SOCKET_PATH_MAX, SshRunner, control_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,23 +140,24 @@ def mode(path: Path) -> int:
 SECRET_HOLDERS = {"state.json", "kubeconfig", "kubeadm-config.yaml"}
 
 
-def test_a_recorded_up_leaks_no_token_and_no_key(short_tmp, fake_node, monkeypatch):
+def test_a_recorded_up_leaks_no_token_and_no_key(short_tmp, fake_node):
     cfg = lab.config.load({"state_dir": str(short_tmp / "lab state")})
     names = ("render", "control-plane", "join", "kubeconfig")
     steps = [s for s in pipeline.STEPS if s.name in names]
-    monkeypatch.setattr(pipeline, "STEPS", steps)
-    monkeypatch.setattr(pipeline, "STEP_NAMES", [s.name for s in steps])
-    monkeypatch.setattr(pipeline, "_alive", lambda run: True)
     status = io.StringIO()
-    pipeline.up(cfg, until="render", status=pipeline.Status(status))
+
+    def up(until=None):
+        pipeline.up(cfg, until=until, progress=Progress(status, animate=False), steps=steps, alive=lambda ctx: True)
+
+    up(until="render")
     state_dir = cfg.state_dir
     init_token = State(state_dir / "state.json").get("bootstrap_token")
     assert kubeadm.TOKEN_RE.match(init_token)
     (fake_node / "init-token").write_text(init_token)
     (state_dir / "ssh_config").write_text("".join(f"Host {n.name}\n  HostName 127.0.0.1\n" for n in cfg.nodes))
 
-    pipeline.up(cfg, status=pipeline.Status(status))
-    pipeline.up(cfg, status=pipeline.Status(status))  # renders the join configs, now that the CA hash is known
+    up()
+    up()  # renders the join configs, now that the CA hash is known
 
     join = State(state_dir / "state.json").get("join_token")
     assert kubeadm.TOKEN_RE.match(join) and join != init_token  # the init token was listed as expired

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import ipaddress
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -79,13 +80,18 @@ def test_parse_ip_addr_real_output():
 
 
 def test_parse_ipvsadm_both_families():
-    table = parse.parse_ipvsadm(load("ipvsadm-worker01-1.36.txt"))
+    table = parse.parse_ipvsadm(load("ipvsadm-k8s-worker01-1.36.txt"))
     vs = table[("TCP", ipaddress.ip_address("10.96.0.1"), 443)]
     assert vs.scheduler == "rr"
     assert [(str(r.address), r.port, r.forward) for r in vs.real_servers] == [("192.168.200.11", 6443, "Masq")]
     v6 = table[("TCP", ipaddress.ip_address("fd00:3::5068"), 80)]
     assert len(v6.real_servers) == 3 and all(r.address.version == 6 for r in v6.real_servers)
     assert ("UDP", ipaddress.ip_address("10.96.0.10"), 53) in table
+    # one NodePort virtual server per local address of each family (IPVS binds every one but kube-ipvs0's)
+    nodeports = sorted(str(a) for (proto, a, port) in table if port == 30080)
+    assert nodeports == ["10.244.79.0", "172.17.0.1", "192.168.200.21", "fd00:1::1", "fd00:db1::21"]
+    stale = parse.parse_ipvsadm(load("ipvsadm-k8s-worker01-1.17.txt"))[("TCP", ipaddress.ip_address("fd00:3::5068"), 80)]
+    assert [(str(r.address), r.weight) for r in stale.real_servers][0] == ("fd00:2::b5a5:4f8:6a6e:ac01", 0)
 
 
 def test_parse_proc_net_tcp_decodes_addresses():
@@ -98,8 +104,9 @@ def test_parse_proc_net_tcp_decodes_addresses():
 
 def test_parse_access_log_formats():
     lines = parse.parse_access_log(load("nginx-access.log"))
-    assert [l.remote_addr for l in lines] == ["10.244.79.1", "192.168.200.1", "fd00:db1::1", "10.244.32.192"]
+    assert [l.remote_addr for l in lines] == ["10.244.79.4", "192.168.200.1", "fd00:db1::1", "fd00:2::6c1a:2f3e:9b04:20c2"]
     assert lines[1].request == "GET /?dslab-verify=TOKEN4 HTTP/1.1" and lines[1].status == 200
+    assert lines[2].server == "fd00:2::b5a5:4f8:6a6e:ac02" and lines[2].pod == "my-nginx-7d9c6f8b5d-9wq2m"
 
 
 def test_parse_getent_ahosts_distinct_in_order():
@@ -284,12 +291,12 @@ def test_pod_ips_pass(cfg36, cfg17):
 
 def test_pod_ips_failures(cfg36):
     pods = load("pods-1.36.json")
-    pods["items"][0]["status"]["podIPs"] = [{"ip": "10.244.32.194"}]  # cri-dockerd without --ipv6-dual-stack
+    pods["items"][0]["status"]["podIPs"] = [{"ip": "10.244.69.198"}]  # cri-dockerd without --ipv6-dual-stack
     first = pods["items"][1]["status"]
     first["podIPs"] = list(reversed(first["podIPs"]))  # podIP != podIPs[0]
-    pods["items"][2]["status"]["hostIPs"] = [{"ip": "192.168.200.22"}]
+    pods["items"][2]["status"]["hostIPs"] = [{"ip": "192.168.200.22"}]  # the kubelet's --node-ip lacks the IPv6
     assert problems(pod_objects.evaluate_pod_ips(pods, cfg36, 36)) == [
-        "default/my-nginx-7d9c6f8b5d-4xkzp: podIPs 10.244.32.194 is not one IPv4 and one IPv6",
+        "default/my-nginx-7d9c6f8b5d-4xkzp: podIPs 10.244.69.198 is not one IPv4 and one IPv6",
         "default/my-nginx-7d9c6f8b5d-9wq2m: podIP 10.244.79.3 is not podIPs[0] fd00:2::b5a5:4f8:6a6e:ac02",
         "default/my-nginx-7d9c6f8b5d-tj8ls: hostIPs 192.168.200.22 are not k8s-worker02's",
     ]
@@ -301,7 +308,7 @@ def test_pod_ips_outside_subnet_and_none(cfg36):
     assert problems(pod_objects.evaluate_pod_ips(pods, cfg36, 36)) == [
         "default/my-nginx-7d9c6f8b5d-4xkzp: podIPs fd00:1::242:ac11:2 outside the pod subnets"]
     assert problems(pod_objects.evaluate_pod_ips({"items": []}, cfg36, 36)) == [
-        "no nginx pods found (pods labelled app=my-nginx in namespace default)"]
+        "0 of 3 nginx replicas found (pods labelled app=my-nginx in namespace default)"]
 
 
 # ============================================================ service-families
@@ -332,6 +339,7 @@ def test_service_families_current_failures(cfg36):
         "default/my-nginx-svc-dual: clusterIPs fd00:3::9a1, 10.96.120.7 do not match its families IPv4, IPv6",
         "default/my-nginx-svc-dual: clusterIP 10.96.120.7 is not clusterIPs[0]",
         "default/my-nginx-svc-dual: EndpointSlices of type IPv4",
+        "default/my-nginx-svc-dual: IPv6 EndpointSlices hold 0 of 3 ready nginx endpoints",
     ]
 
 
@@ -341,7 +349,7 @@ def test_service_families_outside_range_and_no_dual(cfg36):
     services["items"][3]["spec"]["clusterIP"] = services["items"][3]["spec"]["clusterIPs"][0] = "fd00:4::5068"
     got = problems(service_objects.evaluate_service_families(services, load("endpointslices-1.36.json"), None, cfg36, 36))
     assert got == ["default/my-nginx-svc-ipv6: cluster IP fd00:4::5068 outside the service subnets",
-                   "no nginx Service is dual-stack"]
+                   "no nginx Service is dual-stack", "Service my-nginx-svc-dual is missing"]
 
 
 def test_service_families_117_failures(cfg17):
@@ -349,12 +357,13 @@ def test_service_families_117_failures(cfg17):
     del services["items"][2]["spec"]["ipFamily"]  # apiserver without the IPv6DualStack gate
     services["items"][3]["spec"]["clusterIP"] = "10.96.7.7"  # ipFamily IPv6 but an IPv4 cluster IP
     endpoints = load("endpoints-1.17.json")
-    endpoints["items"][3]["subsets"][0]["addresses"][0]["ip"] = "10.244.32.194"
+    endpoints["items"][3]["subsets"][0]["addresses"][0]["ip"] = "10.244.69.198"
     got = problems(service_objects.evaluate_service_families(services, None, endpoints, cfg17, 17))
     assert got == [
         "default/my-nginx-svc-ipv4: no spec.ipFamily",
         "default/my-nginx-svc-ipv6: clusterIPs 10.96.7.7 do not match its families IPv6",
-        "default/my-nginx-svc-ipv6-local: Endpoints hold 10.244.32.194, not IPv6",
+        "default/my-nginx-svc-ipv6-local: Endpoints hold 10.244.69.198, not IPv6",
+        "default/my-nginx-svc-ipv6-local: Endpoints hold 2 of 3 ready nginx addresses",
     ]
 
 
@@ -364,7 +373,7 @@ def test_service_families_117_failures(cfg17):
 def test_pod_to_pod_targets_cover_both_families():
     targets = probes.pod_to_pod_targets(load("pods-1.36.json"))
     assert len(targets) == 6
-    assert "http://[fd00:2::6c1a:2f3e:9b04:20c1]:80/" in [t.url for t in targets]
+    assert "http://[fd00:2::8e1:3d7c:51a9:4e06]:80/" in [t.url for t in targets]
 
 
 def test_evaluate_probes_pass_and_fail():
@@ -449,20 +458,27 @@ SYSCTL = ("net.ipv4.ip_forward = 1\nnet.ipv6.conf.all.forwarding = 1\n"
           "net.bridge.bridge-nf-call-iptables = 1\nnet.bridge.bridge-nf-call-ip6tables = 1\n")
 
 
-def _proxy_output(ipvsadm=None, mode="ipvs", modules=MODULES, sysctl=SYSCTL):
-    return sections_text({"proxymode": (0, mode), "ipvsadm": (0, ipvsadm if ipvsadm is not None else load("ipvsadm-worker01-1.36.txt")),
-                          "modules": (0, modules), "sysctl": (0, sysctl)})
+def _proxy_output(ipvsadm=None, mode="ipvs", modules=MODULES, sysctl=SYSCTL, node="k8s-worker01", version="1.36"):
+    table = ipvsadm if ipvsadm is not None else load(f"ipvsadm-{node}-{version}.txt")
+    return sections_text({"proxymode": (0, mode), "ipvsadm": (0, table), "modules": (0, modules), "sysctl": (0, sysctl)})
 
 
-def test_node_proxy_pass(cfg36):
-    exp = proxy.ipvs_expectations(load("services-1.36.json"), load("pods-1.36.json"), cfg36)
-    assert len(exp) == 10  # 5 cluster IPs, 3 LoadBalancer IPs, 2 externalIPs
-    assert proxy.evaluate_node_proxy({"k8s-worker01": _proxy_output()}, exp) == []
+NODES = ("k8s-master01", "k8s-worker01", "k8s-worker02")
+
+
+@pytest.mark.parametrize("version", ["1.36", "1.17"])
+def test_node_proxy_pass_every_node_both_eras(cfg36, cfg17, version):
+    cfg = cfg36 if version == "1.36" else cfg17
+    exp = proxy.ipvs_expectations(load(f"services-{version}.json"), load(f"pods-{version}.json"), cfg)
+    # 1.36: 5 cluster IPs, 3 LoadBalancer IPs, 2 externalIPs, NodePorts: dual 2 families + ipv6-local 1, on 3 nodes
+    assert len(exp) == (10 + 9 if version == "1.36" else 3 + 1 + 2 + 3)
+    outputs = {node: _proxy_output(node=node, version=version) for node in NODES}
+    assert proxy.evaluate_node_proxy(outputs, exp) == []
 
 
 def test_node_proxy_failures(cfg36):
     exp = proxy.ipvs_expectations(load("services-1.36.json"), load("pods-1.36.json"), cfg36)
-    table = load("ipvsadm-worker01-1.36.txt")
+    table = load("ipvsadm-k8s-worker01-1.36.txt")
     table = table.replace("TCP  [fd00:3::5068]:80 rr", "TCP  [fd00:3::5069]:80 rr")  # IPv6 cluster IP missing
     table = table.replace("TCP  [fd00:db1::240]:80 rr\n  -> [fd00:2::b5a5:4f8:6a6e:ac02]:80 Masq    1      0          0         \n",
                           "TCP  [fd00:db1::240]:80 rr\n")  # Local LB on a node with a pod: no backend
@@ -477,17 +493,51 @@ def test_node_proxy_failures(cfg36):
         "k8s-worker01: net.bridge.bridge-nf-call-ip6tables = (missing)",
     ]
     assert found[-1].look_at.startswith("load br_netfilter")
+    assert (found[1].node, found[1].family, found[1].address) == ("k8s-worker01", "IPv6", "fd00:3::5068")
+
+
+def test_node_proxy_nodeport_on_each_node_address_of_each_family(cfg36):
+    """A NodePort lost for one family on one node's lab address fails, naming node, family and address."""
+    exp = proxy.ipvs_expectations(load("services-1.36.json"), load("pods-1.36.json"), cfg36)
+    table = load("ipvsadm-k8s-worker02-1.36.txt").replace("TCP  [fd00:db1::22]:30080 rr", "TCP  [fd00:db1::99]:30080 rr")
+    found = proxy.evaluate_node_proxy({"k8s-worker02": _proxy_output(table, node="k8s-worker02")}, exp)
+    assert problems(found) == ["k8s-worker02: no IPVS virtual server for my-nginx-svc-dual NodePort on k8s-worker02 "
+                               "TCP [fd00:db1::22]:30080"]
+    assert (found[0].node, found[0].family, found[0].address) == ("k8s-worker02", "IPv6", "fd00:db1::22")
+
+
+def test_node_proxy_every_replica_is_a_backend(cfg36):
+    """A cluster IP forwarding to two of three ready replicas fails, naming the missing one."""
+    exp = proxy.ipvs_expectations(load("services-1.36.json"), load("pods-1.36.json"), cfg36)
+    table = load("ipvsadm-k8s-worker01-1.36.txt").replace(
+        "TCP  [fd00:3::9a1]:80 rr\n  -> [fd00:2::b5a5:4f8:6a6e:ac02]:80 Masq    1      0          0         \n",
+        "TCP  [fd00:3::9a1]:80 rr\n")
+    found = proxy.evaluate_node_proxy({"k8s-worker01": _proxy_output(table)}, exp)
+    assert problems(found) == ["k8s-worker01: my-nginx-svc-dual cluster IP TCP [fd00:3::9a1]:80 lacks backends "
+                               "fd00:2::b5a5:4f8:6a6e:ac02"]
+
+
+def test_node_proxy_ignores_draining_real_servers_at_weight_zero(cfg17):
+    """kube-proxy keeps a removed endpoint at weight 0 while its connections drain: not stale state."""
+    exp = proxy.ipvs_expectations(load("services-1.17.json"), load("pods-1.17.json"), cfg17)
+    table = load("ipvsadm-k8s-worker01-1.17.txt")
+    assert "[fd00:2::b5a5:4f8:6a6e:ac01]:80 Masq    0" in table
+    assert proxy.evaluate_node_proxy({"k8s-worker01": _proxy_output(table, version="1.17")}, exp) == []
+    live = table.replace("[fd00:2::b5a5:4f8:6a6e:ac01]:80 Masq    0", "[fd00:2::b5a5:4f8:6a6e:ac01]:80 Masq    1")
+    assert problems(proxy.evaluate_node_proxy({"k8s-worker01": _proxy_output(live, version="1.17")}, exp)) == [
+        "k8s-worker01: my-nginx-svc-ipv6 cluster IP TCP [fd00:3::5068]:80 forwards to fd00:2::b5a5:4f8:6a6e:ac01"]
+    drained = table.replace("TCP  [fd00:db1::21]:32405 rr\n  -> [fd00:2::b5a5:4f8:6a6e:ac02]:80 Masq    1",
+                            "TCP  [fd00:db1::21]:32405 rr\n  -> [fd00:2::b5a5:4f8:6a6e:ac02]:80 Masq    0")
+    found = proxy.evaluate_node_proxy({"k8s-worker01": _proxy_output(drained, version="1.17")}, exp)
+    assert problems(found) == ["k8s-worker01: my-nginx-svc-ipv6-local NodePort on k8s-worker01 TCP [fd00:db1::21]:32405 has no backends"]
+    assert found[0].seen == "no real servers (only drained ones, weight 0)"
 
 
 def test_local_lb_without_backend_is_fine_on_a_node_without_pods(cfg36):
-    pods = load("pods-1.36.json")
-    pods["items"] = [p for p in pods["items"] if p["spec"]["nodeName"] != "k8s-worker01"]
-    exp = proxy.ipvs_expectations(load("services-1.36.json"), pods, cfg36)
-    table = load("ipvsadm-worker01-1.36.txt").replace(
-        "TCP  [fd00:db1::240]:80 rr\n  -> [fd00:2::b5a5:4f8:6a6e:ac02]:80 Masq    1      0          0         \n", "TCP  [fd00:db1::240]:80 rr\n")
-    found = proxy.evaluate_node_proxy({"k8s-worker01": _proxy_output(table)}, exp)
-    # the remaining failures are backends of the removed pod, which ipvsadm still lists
-    assert not any("has no backends" in p for p in problems(found))
+    exp = proxy.ipvs_expectations(load("services-1.36.json"), load("pods-1.36.json"), cfg36)
+    table = load("ipvsadm-k8s-master01-1.36.txt")
+    assert "TCP  [fd00:db1::240]:80 rr\nTCP" in table  # the control plane runs no nginx: no local backend
+    assert proxy.evaluate_node_proxy({"k8s-master01": _proxy_output(table, node="k8s-master01")}, exp) == []
 
 
 # ============================================================ calico-pools
@@ -545,12 +595,16 @@ def test_load_balancers_failures(cfg36, cfg17):
     assert problems(found) == [
         "default/my-nginx-svc-ipv6-local: no LoadBalancer ingress IP",
         "default/my-nginx-svc-dual: ingress 192.168.200.99 does not match its families IPv4, IPv6",
+        "default/my-nginx-svc-dual: no ingress 192.168.200.240 (IPv4)",
+        "default/my-nginx-svc-dual: no ingress fd00:db1::241 (IPv6)",
         "default/my-nginx-svc-dual: ingress 192.168.200.99 outside the MetalLB pools",
     ]
+    assert (found[3].family, found[3].address) == ("IPv6", "fd00:db1::241")
     old = load("services-1.17.json")
     old["items"][4]["status"]["loadBalancer"]["ingress"] = [{"ip": "192.168.200.240"}]  # MetalLB 0.9 picked IPv4
     found, _ = ingress.evaluate_load_balancers(old, cfg17)
-    assert problems(found) == ["default/my-nginx-svc-ipv6-local: ingress 192.168.200.240 does not match its families IPv6"]
+    assert problems(found) == ["default/my-nginx-svc-ipv6-local: ingress 192.168.200.240 does not match its families IPv6",
+                               "default/my-nginx-svc-ipv6-local: no ingress fd00:db1::240 (IPv6)"]
     assert "MetalLB 0.9 cannot choose a family" in found[0].look_at
 
 
@@ -625,11 +679,17 @@ def test_nginx_listens_pass_and_ipv4_only():
     assert found[0].seen == "listening on port 80: 0.0.0.0:80"
 
 
-def test_result_from_findings_folds():
+def test_result_from_findings_keeps_every_finding_whole():
+    """No "(and N more)" hiding problems, no merged expected/seen that no longer pair up."""
     from lab.verify.model import Finding
-    result = result_from_findings([Finding("a", "x", "y", "z"), Finding("b", "x", "w", "z")], "fine")
-    assert result.status == FAIL and result.message == "a (and 1 more problem)"
-    assert result.expected == "x" and result.seen == "y; w" and result.look_at == "z"
+    result = result_from_findings([Finding("a", "x", "y", "z", node="n1"), Finding("b", "x", "w", "z", family="IPv6"),
+                                   Finding("c", note=True)], "fine")
+    assert result.status == FAIL and result.message == "2 problems"
+    assert [(f.problem, f.expected, f.seen, f.where()) for f in result.problems] == [("a", "x", "y", "node n1"), ("b", "x", "w", "IPv6")]
+    assert (result.expected, result.seen, result.look_at) == ("x", "y", "z")  # the first problem's, paired
+    assert result.notes == ["c"]
+    one = result_from_findings([Finding("only", "e", "s", "l")], "fine")
+    assert one.message == "only" and (one.expected, one.seen) == ("e", "s")
 
 
 def test_lab_load_balancers_present_with_ingress_pass(cfg36):
@@ -647,3 +707,162 @@ def test_missing_or_pending_load_balancers_fail_not_skip(cfg36):
     assert "my-nginx-svc-ipv6-local" in result.message and "my-nginx-svc-dual" in result.message
     assert "my-nginx-svc-dual: absent" in result.seen
     assert "my-nginx-svc-ipv6-local: no status.loadBalancer.ingress" in result.seen
+
+
+# ============================================================ the fixtures have the real shapes
+
+
+@pytest.mark.parametrize("version", ["1.36", "1.17"])
+def test_fixture_runs_no_nginx_on_the_tainted_control_plane(version):
+    """kubeadm taints the control plane NoSchedule and the nginx pods do not tolerate it."""
+    nodes = {n["metadata"]["name"]: n for n in load(f"nodes-{version}.json")["items"]}
+    tainted = {name for name, n in nodes.items() if any(t["effect"] == "NoSchedule" for t in n["spec"].get("taints") or [])}
+    assert tainted == {"k8s-master01"}
+    pods = kube.nginx_pods(load(f"pods-{version}.json"))
+    assert len(pods) == 3 and not [p for p in pods if p["spec"]["nodeName"] in tainted]
+    assert not any(t.get("key", "").startswith("node-role.kubernetes.io/") for p in pods for t in p["spec"].get("tolerations") or [])
+
+
+def test_fixture_kubernetes_endpointslice_as_the_apiserver_writes_it():
+    """pkg/controlplane/reconcilers/endpointsadapter.go: name and service-name label only (no managed-by,
+    the mirroring controller skips it), IPv4, the API server's address, ready, port https 6443."""
+    (sl,) = [s for s in load("endpointslices-1.36.json")["items"] if s["metadata"]["name"] == "kubernetes"]
+    assert sl["metadata"]["labels"] == {"kubernetes.io/service-name": "kubernetes"}
+    assert sl["addressType"] == "IPv4" and sl["endpoints"] == [{"addresses": ["192.168.200.11"], "conditions": {"ready": True}}]
+    assert sl["ports"] == [{"name": "https", "port": 6443, "protocol": "TCP"}]
+
+
+def test_fixture_access_log_as_the_rendered_nginx_config_writes_it(cfg36):
+    """Every line of the fixture has the fields of `log_format dslab` in lab/workloads.py, in its order."""
+    from lab import workloads
+    conf = [d for d in workloads.nginx(cfg36) if d["kind"] == "ConfigMap"][0]["data"]["default.conf"]
+    fields = re.findall(r"\$(\w+)", conf.split("log_format dslab", 1)[1].split(";", 1)[0])
+    assert fields == ["remote_addr", "remote_user", "time_local", "request", "status", "body_bytes_sent",
+                      "http_referer", "http_user_agent", "server_addr", "hostname"]
+    text = load("nginx-access.log")
+    shape = re.compile(r'^\S+ - - \[[^\]]+\] "[^"]*" \d{3} \d+ "[^"]*" "[^"]*" server=\S+ pod=\S+$')
+    assert all(shape.match(line) for line in text.splitlines())
+    assert len(parse.parse_access_log(text)) == len(text.splitlines())
+
+
+def test_fixture_136_nodes_carry_calicos_network_unavailable_condition():
+    """calico-node sets NetworkUnavailable False / CalicoIsUp when it starts (node/pkg/lifecycle/utils/utils.go)."""
+    for node in load("nodes-1.36.json")["items"]:
+        (cond,) = [c for c in node["status"]["conditions"] if c["type"] == "NetworkUnavailable"]
+        assert (cond["status"], cond["reason"], cond["message"]) == ("False", "CalicoIsUp", "Calico is running on this node")
+
+
+def test_calico_network_unavailable_fails_naming_the_node(cfg36):
+    nodes = load("nodes-1.36.json")
+    cond = [c for c in nodes["items"][1]["status"]["conditions"] if c["type"] == "NetworkUnavailable"][0]
+    cond.update(status="True", reason="CalicoIsDown", message="Calico is shutting down on this node")
+    found = cni.evaluate_calico(load("ippools.json"), load("calico-node-pods.json"), nodes, cfg36)
+    assert problems(found) == ["k8s-worker01: NetworkUnavailable is True (CalicoIsDown: Calico is shutting down on this node)"]
+    assert found[0].node == "k8s-worker01"
+
+
+# ============================================================ ssh errors in the network findings
+
+
+class _Nodes:
+    """Nodes answering a network check's script; ``down`` gives no output and ssh's error text."""
+
+    def __init__(self, cfg, answer, down):
+        self.cfg, self.answer, self.down = cfg, answer, down
+
+    def node_run(self, node, script, timeout=None):
+        from lab.context import Result
+        if node in self.down:
+            return Result(255, "", self.down[node])
+        return Result(0, self.answer(node, script))
+
+
+SSH_DOWN = "ssh: connect to host 192.168.200.22 port 22: No route to host\r\n"
+
+
+@pytest.mark.parametrize("check", ["node-dns", "node-reach"])
+def test_a_node_ssh_cannot_reach_is_named_with_sshs_error(cfg36, check):
+    outputs = _dns_outputs(cfg36) if check == "node-dns" else _reach_outputs(cfg36)
+    nodes = _Nodes(cfg36, lambda node, script: outputs[node], {"k8s-worker02": SSH_DOWN})
+    result = (network.node_dns if check == "node-dns" else network.node_reach)(nodes)
+    assert result.status == FAIL
+    (found,) = result.problems
+    assert found.problem == f"k8s-worker02: could not run {'getent' if check == 'node-dns' else 'ping'}"
+    assert (found.node, found.error) == ("k8s-worker02", SSH_DOWN.strip())
+
+
+# ============================================================ IPv6 NodePorts and the kernel's local routes
+
+KERNEL_EL7 = "3.10.0-1127.el7.x86_64"
+KERNEL_EL9 = "5.14.0-570.el9.x86_64"
+
+
+def test_parse_routes_of_old_and_new_iproute2():
+    old = {r.destination: r for r in parse.parse_routes(load("ip6-route-local-worker01-centos7.txt"))}
+    assert old["fd00:db1::21"] == parse.Route("local", "fd00:db1::21", "lo", "none")
+    assert old["ff00::/8"].kind == "unicast" and old["ff00::/8"].protocol == ""  # no type, no proto printed
+    new = parse.parse_routes(load("ip6-route-local-worker01-stream9.txt"))
+    assert parse.Route("local", "fd00:db1::21", "eth1", "kernel") in new
+    assert {r.kind for r in new} == {"local", "anycast", "multicast"} and {r.protocol for r in new} == {"kernel"}
+
+
+def _routes(distribution, node="k8s-worker01", kernel=None):
+    cfg = config.load({})
+    text = load(f"ip6-route-local-worker01-{distribution}.txt").replace("fd00:db1::21 ", f"{cfg.node(node).ipv6} ")
+    return {"ipv6-local-routes": (0, text), "kernel-release": (0, kernel or (KERNEL_EL7 if distribution == "centos7" else KERNEL_EL9))}
+
+
+def _without_ipv6_nodeports(table):
+    """The table of a node whose kube-proxy found no IPv6 node address: no IPv6 NodePort at all."""
+    out, skip = [], False
+    for line in table.splitlines():
+        if not line.startswith(" "):
+            skip = bool(re.match(r"^TCP  \[(fd00:db1::2\d|::1)\]:32405 ", line))
+        if not skip:
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def _limited_proxy_output(distribution, ipvsadm=None):
+    table = ipvsadm if ipvsadm is not None else _without_ipv6_nodeports(load("ipvsadm-k8s-worker01-1.17.txt"))
+    return sections_text({"proxymode": (0, "ipvs"), "ipvsadm": (0, table), "modules": (0, MODULES),
+                          "sysctl": (0, SYSCTL), **_routes(distribution)})
+
+
+def test_proxy_script_reads_the_ipv6_local_routes_and_the_kernel():
+    script = proxy.proxy_node_script()
+    assert "ip -6 route show table local" in script and "uname -r" in script
+
+
+def test_ipv6_nodeports_missing_where_ipv6_local_routes_are_not_proto_kernel_are_the_known_limit(cfg17):
+    exp = proxy.ipvs_expectations(load("services-1.17.json"), load("pods-1.17.json"), cfg17)
+    found = proxy.evaluate_node_proxy({"k8s-worker01": _limited_proxy_output("centos7")}, exp, cfg=cfg17)
+    assert problems(found) == []
+    (limit,) = [f for f in found if f.note]
+    assert limit.problem.startswith("k8s-worker01: 1 IPv6 NodePort virtual server(s) missing on its IPv6 fd00:db1::21: "
+                                    "expected limitation of Kubernetes 1.17 on kernel 3.10.0-1127.el7.x86_64, whose "
+                                    "IPv6 local routes are proto none")
+    assert "kubernetes/kubernetes#93858" in limit.problem and (limit.node, limit.address) == ("k8s-worker01", "fd00:db1::21")
+
+
+def test_ipv6_nodeports_missing_where_routes_are_proto_kernel_still_fail(cfg17, cfg36):
+    exp = proxy.ipvs_expectations(load("services-1.17.json"), load("pods-1.17.json"), cfg17)
+    found = proxy.evaluate_node_proxy({"k8s-worker01": _limited_proxy_output("stream9")}, exp, cfg=cfg17)
+    assert problems(found) == ["k8s-worker01: no IPVS virtual server for my-nginx-svc-ipv6-local NodePort on k8s-worker01 "
+                               "TCP [fd00:db1::21]:32405"] and notes(found) == []
+    # on current: a kernel since 4.11 gives proto kernel, and a missing IPv6 NodePort is a failure
+    exp36 = proxy.ipvs_expectations(load("services-1.36.json"), load("pods-1.36.json"), cfg36)
+    table = load("ipvsadm-k8s-worker02-1.36.txt").replace("TCP  [fd00:db1::22]:30080 rr", "TCP  [fd00:db1::99]:30080 rr")
+    output = sections_text({"proxymode": (0, "ipvs"), "ipvsadm": (0, table), "modules": (0, MODULES),
+                            "sysctl": (0, SYSCTL), **_routes("stream9", "k8s-worker02")})
+    assert problems(proxy.evaluate_node_proxy({"k8s-worker02": output}, exp36, cfg=cfg36)) == [
+        "k8s-worker02: no IPVS virtual server for my-nginx-svc-dual NodePort on k8s-worker02 TCP [fd00:db1::22]:30080"]
+
+
+def test_the_route_limit_covers_only_missing_ipv6_nodeports(cfg17):
+    exp = proxy.ipvs_expectations(load("services-1.17.json"), load("pods-1.17.json"), cfg17)
+    table = _without_ipv6_nodeports(load("ipvsadm-k8s-worker01-1.17.txt")).replace("TCP  [fd00:3::5068]:80 rr",
+                                                                                  "TCP  [fd00:3::5069]:80 rr")
+    found = proxy.evaluate_node_proxy({"k8s-worker01": _limited_proxy_output("centos7", table)}, exp, cfg=cfg17)
+    assert problems(found) == ["k8s-worker01: no IPVS virtual server for my-nginx-svc-ipv6 cluster IP TCP [fd00:3::5068]:80"]
+    assert len(notes(found)) == 1

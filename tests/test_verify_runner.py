@@ -131,7 +131,7 @@ def test_cluster_checks_with_clients_and_cleanup(cfg):
     manifest = json.loads(applied[2])
     assert [p["spec"]["nodeName"] for p in manifest["items"]] == ["k8s-master01", "k8s-worker01", "k8s-worker02"]
     assert manifest["items"][0]["spec"]["containers"][0]["image"] == "registry.k8s.io/e2e-test-images/agnhost:2.53"
-    assert kubectl[-1][:2] == ["delete", "pod"] and "app.kubernetes.io/managed-by=dslab-verify" in kubectl[-1]
+    assert kubectl[-1][:2] == ["delete", "pods,services"] and "app.kubernetes.io/managed-by=dslab-verify" in kubectl[-1]
     assert sum(1 for a in kubectl if a[:2] == ["get", "nodes"]) == 1  # cached for the run
 
 
@@ -140,7 +140,7 @@ def test_clients_removed_on_ctrl_c(cfg):
     with pytest.raises(KeyboardInterrupt):
         run_checks(ctx, only=["pod-to-pod", "pod-to-service"], host=host_ok)
     last = runner.calls[-1][1]
-    assert last[3:5] == ["delete", "pod"]
+    assert last[3:5] == ["delete", "pods,services"]
 
 
 def test_no_clients_no_cleanup(cfg):
@@ -153,7 +153,7 @@ def test_gather_failure_is_a_failed_check_not_a_crash(cfg):
     ctx, _ = make_ctx(cfg)
     report = run_checks(ctx, only=["calico-pools"], host=host_ok)  # ippools not served by the fake
     outcome = report.outcomes[0]
-    assert outcome.status == "fail" and "IPPools" in outcome.result.message
+    assert outcome.status == "fail" and "IPPools" in outcome.result.problems[0].problem
 
 
 def test_unknown_only_lists_valid_names(cfg):
@@ -175,12 +175,18 @@ def test_e2e_skipped_without_hydrophone(cfg, monkeypatch):
     assert "hydrophone is not on PATH" in report.outcomes[-1].result.message
 
 
-def test_hydrophone_command_flags():
+@pytest.mark.parametrize("profile, focus, image", [
+    ("current", r"\[Feature:IPv6DualStack\]", "registry.k8s.io/conformance:v1.36.0"),
+    # 1.16-1.18 tag the dual-stack tests [Feature:IPv6DualStackAlphaFeature], which the current focus does not match
+    ("seed-2020", r"\[Feature:IPv6DualStackAlphaFeature\]", "registry.k8s.io/conformance:v1.17.2"),
+])
+def test_hydrophone_command_flags(profile, focus, image):
+    from lab.profiles import PROFILES
     from lab.verify.e2e import hydrophone_command
-    cmd = hydrophone_command("/usr/local/bin/hydrophone", Path("/k"), Path("/o"), "1.17.2")
-    assert cmd[cmd.index("--focus") + 1] == r"\[Feature:IPv6DualStack\]"
+    cmd = hydrophone_command("/usr/local/bin/hydrophone", Path("/k"), Path("/o"), PROFILES[profile])
+    assert cmd[cmd.index("--focus") + 1] == focus
     assert cmd[cmd.index("--skip") + 1] == "SCTP" and cmd[cmd.index("--kubeconfig") + 1] == "/k"
-    assert cmd[-1] == "registry.k8s.io/conformance:v1.17.2"
+    assert cmd[-1] == image
 
 
 # ------------------------------------------------------------------ reports
@@ -259,3 +265,25 @@ def test_end_to_end_reports_agree(cfg, tmp_path):
     assert {c["name"]: c["status"] for c in data["checks"]} == lines
     assert {c.get("name"): ("fail" if c.find("failure") is not None else "pass") for c in root.iter("testcase")} == lines
     assert out.getvalue().splitlines()[-1] == f"{data['summary']['passed']} passed, {data['summary']['failed']} failed, 0 skipped"
+
+
+def test_an_interrupt_removes_every_verify_object_shielded_from_a_second_ctrl_c(cfg):
+    import signal
+    ctx, runner = make_ctx(cfg)
+    answer, deletes = runner.kubectl, []
+
+    def kubectl(args, input):
+        if args[:1] == ["delete"]:
+            deletes.append((args, signal.getsignal(signal.SIGINT)))
+        if args[:1] == ["wait"] and any("dslab.verify/check=udp-service" in a for a in args):
+            raise KeyboardInterrupt  # Ctrl-C while the check's own pods start
+        return answer(args, input)
+    runner.kubectl = kubectl
+    with pytest.raises(KeyboardInterrupt):
+        run_checks(ctx, only=["udp-service"], host=host_ok)
+    final, handler = deletes[-1]
+    assert final == ["delete", "pods,services", "-n", "default", "-l", "app.kubernetes.io/managed-by=dslab-verify",
+                     "--ignore-not-found", "--wait=false"]
+    assert handler is signal.SIG_IGN and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+    own = [h for args, h in deletes if "app.kubernetes.io/managed-by=dslab-verify,dslab.verify/check=udp-service" in args]
+    assert own[0] is not signal.SIG_IGN and own[-1] is signal.SIG_IGN  # leftovers cleared, then its own removal shielded

@@ -195,6 +195,176 @@ def test_verify_network_layer_fails_without_a_node_ipv6(lab):
         lab.ssh(node.name, "sudo bash /opt/dslab/provision/network.sh /opt/dslab/node.env", check=False)
 
 
+MARKER = "/var/tmp/dslab-changed-after-snapshot"
+#: How far a node's clock may be from the host's after lab.restore (ssh round trips under emulation).
+CLOCK_SLACK_S = 5
+#: How long after the snapshot the restore runs: a clock left unset would be this far behind.
+RESTORE_AFTER_S = 45
+
+
+def record_time(lab, what, seconds):
+    line = f"[time] {what}: {seconds:.1f} s"
+    print(line)
+    with open(lab.log, "a") as handle:
+        handle.write(line + "\n")
+
+
+def clock_offset(lab, node):
+    before = time.time()
+    seen = float(lab.ssh(node, "date -u +%s.%N"))
+    return seen - (before + time.time()) / 2
+
+
+def nic_of(node):
+    return f"$(ip -o -4 addr show | awk '/ {node.ipv4}\\//{{print $2}}')"
+
+
+def test_restore_undoes_a_change_on_every_node_and_sets_the_clocks(lab):
+    started = time.monotonic()
+    result = lab.invoke("lab.snapshot")
+    taken = time.monotonic()
+    record_time(lab, "lab.snapshot (3 nodes)", taken - started)
+    assert "snapshot ready of 3 nodes taken" in result.stderr, result.stderr
+    for node in lab.cfg.nodes:
+        lab.ssh(node.name, f"echo changed | sudo tee {MARKER} >/dev/null && sync")
+        lab.ssh(node.name, f"sudo ip -6 addr del {node.ipv6}/64 dev {nic_of(node)}")
+        assert str(node.ipv6) not in lab.ssh(node.name, "ip -6 addr show")
+    time.sleep(max(0.0, RESTORE_AFTER_S - (time.monotonic() - taken)))
+    started = time.monotonic()
+    result = lab.invoke("lab.restore")
+    record_time(lab, "lab.restore (3 nodes, clocks set)", time.monotonic() - started)
+    record_time(lab, "lab.up --until runtime from nothing (rebuild)", getattr(lab, "first_up_s", float("nan")))
+    assert "restored to snapshot ready" in result.stderr, result.stderr
+    for node in lab.cfg.nodes:
+        assert lab.ssh(node.name, f"test -e {MARKER} && echo there || echo gone").strip() == "gone"
+        assert f"{node.ipv6}/64" in lab.ssh(node.name, "ip -6 addr show")
+        offset = clock_offset(lab, node.name)
+        assert abs(offset) < CLOCK_SLACK_S, f"{node.name}: clock {offset:+.1f} s off the host's"
+    verified = lab.invoke("lab.verify", "--layer", "network", check=False)
+    assert verified.returncode == 0 and "0 failed" in verified.stdout, verified.stdout + verified.stderr
+    again = lab.invoke("lab.up", "--until", "runtime")
+    assert "prepare: already done" in again.stderr and "runtime: already done" in again.stderr, again.stderr
+
+
+def test_a_reverted_node_resumes_with_its_old_time(lab):
+    """What lab.restore's clock setting is for: libvirt's revert alone leaves a node behind the host."""
+    import calendar  # noqa: PLC0415
+
+    node = lab.cfg.workers[-1]
+    lab_id = json.loads((lab.state_dir / "state.json").read_text())["lab_id"]
+    meta = json.loads((lab.state_dir / "snapshots" / "ready" / "snapshot.json").read_text())
+    taken = calendar.timegm(time.strptime(meta["taken"], "%Y-%m-%dT%H:%M:%SZ"))
+    time.sleep(max(0.0, RESTORE_AFTER_S - (time.time() - taken)))
+    lab.vm_env.run_in_ns(["virsh", "-c", lab.vm_env.uri, "snapshot-revert", lab.cfg.domain_name(node),
+                          f"dslab-{lab_id}-ready", "--running"])
+    behind = clock_offset(lab, node.name)
+    assert behind < -CLOCK_SLACK_S, f"{node.name}: {behind:+.1f} s"
+    result = lab.invoke("lab.restore")
+    assert abs(clock_offset(lab, node.name)) < CLOCK_SLACK_S, result.stderr
+
+
+def test_restore_refuses_bad_input_and_changes_nothing(lab):
+    node = lab.cfg.workers[0]
+    lab.ssh(node.name, f"echo kept | sudo tee {MARKER} >/dev/null")
+    try:
+        unknown = lab.invoke("lab.restore", "--name", "no-such", check=False)
+        assert unknown.returncode == 2
+        assert unknown.stderr.strip() == f"lab.restore --name: lab {LAB} has no snapshot 'no-such'; snapshots: ready"
+        saved = dict(lab.settings)
+        lab.settings["INVOKE_LAB_POD_SUBNETS"] = "10.245.0.0/16,fd00:2::/48"
+        try:
+            other = lab.invoke("lab.restore", check=False)
+        finally:
+            lab.settings.clear()
+            lab.settings.update(saved)
+        assert other.returncode == 2
+        assert other.stderr.count("\n") == 1 and "lab.pod_subnets differ" in other.stderr, other.stderr
+        assert lab.ssh(node.name, f"cat {MARKER}").strip() == "kept"
+        assert sorted(lab.leftovers()["domains"]) == sorted(lab.cfg.domain_name(n) for n in lab.cfg.nodes)
+    finally:
+        lab.ssh(node.name, f"sudo rm -f {MARKER}", check=False)
+
+
+def test_snapshots_lists_every_node_with_its_size(lab):
+    result = lab.invoke("lab.snapshots")
+    rows = [line.split() for line in result.stdout.splitlines()[1:]]
+    assert [r[2] for r in rows] == [n.name for n in lab.cfg.nodes], result.stdout
+    for row in rows:
+        assert row[0] == "ready" and row[4] == "MiB" and int(row[3]) > 0, result.stdout
+
+
+def test_ssh_runs_a_command_on_each_node_from_any_directory_and_returns_its_status(lab, tmp_path):
+    def lab_ssh(*args):
+        return lab.vm_env.run_in_ns([sys.executable, "-m", "invoke", "-r", str(ROOT), "lab.ssh", *args],
+                                    cwd=tmp_path, env=lab.settings, check=False, timeout=300)
+
+    for status, node in enumerate(lab.cfg.nodes, start=3):
+        named = lab_ssh(node.name, "--", "hostname")
+        assert named.returncode == 0 and named.stdout.strip() == node.name, named.stdout + named.stderr
+        failed = lab_ssh(node.name, "--", f"echo on {node.name}; exit {status}")
+        assert failed.returncode == status and failed.stdout.strip() == f"on {node.name}", failed.stderr
+    unknown = lab_ssh("k8s-nope", "--", "true")
+    assert unknown.returncode == 2 and "nodes: k8s-master01, k8s-worker01, k8s-worker02" in unknown.stderr
+
+
+def test_collect_on_the_rehearsal_lab(lab, tmp_path):
+    import tarfile  # noqa: PLC0415
+
+    worker = lab.cfg.workers[0]
+    planted = {"token": "p1a2n3.t4e5d6t7o8k9e0n1", "cert": "c0ffee" * 10 + "c0ff",
+               "key": "MIIEpAIBAAKCAQEAplantedkeyplantedkey"}
+    lab.ssh(worker.name, "sudo tee /opt/dslab/kubeadm-join.yaml >/dev/null <<'EOF'\n"
+                         f"token: {planted['token']}\ncertificateKey: {planted['cert']}\n"
+                         f"-----BEGIN RSA PRIVATE KEY-----\n{planted['key']}\n-----END RSA PRIVATE KEY-----\nEOF")
+    out = tmp_path / "bundle.tar.gz"
+    try:
+        lab.invoke("lab.collect", "--out", str(out))
+    finally:
+        lab.ssh(worker.name, "sudo rm -f /opt/dslab/kubeadm-join.yaml", check=False)
+    assert oct(out.stat().st_mode & 0o777) == "0o600"
+    with tarfile.open(out, "r:gz") as tar:
+        members = {m.name.split("/", 1)[1]: tar.extractfile(m).read().decode() for m in tar.getmembers()}
+    index = {p["path"]: p for p in json.loads(members["index.json"])["parts"]}
+    for node in lab.cfg.nodes:
+        base = f"nodes/{node.name}/"
+        for name in ("ip-4-addr.txt", "ip-6-route.txt", "ipvsadm.txt", "sysctl.txt", "modules.txt", "daemon.json",
+                     "journal-docker.log"):
+            assert index[base + name]["gathered"], (base + name, index[base + name])
+        assert f"{node.ipv6}/64" in members[base + "ip-6-addr.txt"]
+        assert "net.ipv4.ip_forward = 1" in members[base + "sysctl.txt"]
+        assert index[base + "journal-kubelet.log"]["reason"] == "no kubelet.service on this node"
+    assert "fixed-cidr-v6" in members[f"nodes/{worker.name}/daemon.json"]
+    cluster = [p for path, p in index.items() if path.startswith("cluster/")]
+    assert cluster and all(not p["gathered"] and p["reason"].startswith(
+        f"no cluster yet: {lab.cfg.control_plane.name} has no /etc/kubernetes/admin.conf") for p in cluster)
+    assert index["lab/up.log"]["gathered"] and index["lab/state.json"]["gathered"]
+    assert index["lab/rendered/kubeadm-config.yaml"]["gathered"] and index["lab/rendered/Vagrantfile"]["gathered"]
+    text = "".join(members.values())
+    state = json.loads((lab.state_dir / "state.json").read_text())
+    secrets = [*planted.values(), state["bootstrap_token"]]
+    identity_file = next(line.split(None, 1)[1].strip().strip('"') for line in
+                         (lab.state_dir / "ssh_config").read_text().splitlines() if "IdentityFile" in line)
+    secrets += [line for line in Path(identity_file).read_text().splitlines()[1:-1] if len(line) > 20][:3]
+    for secret in secrets:
+        assert secret not in text
+
+
+def test_destroy_after_snapshots_leaves_no_domain_volume_or_snapshot(lab):
+    for node in lab.cfg.nodes:
+        listed = lab.vm_env.run_in_ns(["virsh", "-c", lab.vm_env.uri, "snapshot-list", lab.cfg.domain_name(node),
+                                       "--name"]).stdout.split()
+        assert any(name.endswith("-ready") for name in listed), listed
+    lab.invoke("lab.destroy")
+    assert_nothing_left(lab)
+    assert not (lab.state_dir / "snapshots").exists()
+    listed = lab.vm_env.run_in_ns(["virsh", "-c", lab.vm_env.uri, "list", "--all", "--name"]).stdout.split()
+    assert not [name for name in listed if name.startswith(lab.cfg.domain_prefix)]
+    for node in lab.cfg.nodes:
+        kept = Path("/var/lib/libvirt/qemu/snapshot") / lab.cfg.domain_name(node)
+        assert not kept.exists() or not any(kept.iterdir()), list(kept.iterdir())
+    lab.invoke("lab.up", "--until", "machines")  # the lab the next test destroys
+
+
 def test_destroy_leaves_nothing(lab):
     lab.invoke("lab.destroy")
     assert_nothing_left(lab)

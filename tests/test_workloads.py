@@ -18,13 +18,15 @@ import re
 
 import jsonschema
 import pytest
+import schemas
 import yaml
 
-from lab import config, workloads
+from lab import config, profiles, workloads
 from lab.config import AddressRange, ConfigError
 from lab.context import Context, Result, State
 from lab.errors import StepError
 from lab.profiles import Download
+from lab.verify import parse
 
 PROFILES = ("current", "seed-2020")
 
@@ -36,7 +38,7 @@ def load(profile="current", **settings):
 
 
 def with_pins(cfg):
-    """``cfg`` with made-up sha256 pins (the real ones are not known yet)."""
+    """``cfg`` with made-up sha256 pins (no download is made: the runner is a fake)."""
     pins = tuple(Download(p.url, "ab" * 32) for p in cfg.profile.metallb_manifests)
     return dataclasses.replace(cfg, profile=dataclasses.replace(cfg.profile, metallb_manifests=pins))
 
@@ -54,17 +56,15 @@ def by_kind(cfg, kind):
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_every_manifest_validates_against_the_profiles_kubernetes_schema(profile):
-    schemas = pytest.importorskip("schemas", reason="tests/schemas.py (validate_objects) is not there yet")
     cfg = load(profile)
     core = [o for o in objects(cfg) if not o["apiVersion"].startswith("metallb.io/")]
-    if workloads._legacy(cfg):
+    if cfg.profile.legacy_metallb:
         core.append(workloads.memberlist_secret())
     assert core
     assert schemas.validate_objects(core, cfg.profile.kubernetes_schema_version) == []
 
 
 def test_the_schema_check_tells_the_1_17_service_api_from_the_current_one():
-    schemas = pytest.importorskip("schemas", reason="tests/schemas.py (validate_objects) is not there yet")
     old = by_kind(load("seed-2020"), "Service")["my-nginx-svc-ipv6"]
     new = by_kind(load("current"), "Service")["my-nginx-svc-ipv6"]
     assert schemas.validate_objects([old], "1.36")  # ipFamily is gone
@@ -186,7 +186,7 @@ def test_metallb_0_9_configmap_has_one_layer2_pool_per_family():
 
 
 def _pool_ranges(cfg):
-    if workloads._legacy(cfg):
+    if cfg.profile.legacy_metallb:
         conf = yaml.safe_load(by_kind(cfg, "ConfigMap")["config"]["data"]["config"])
         return [_metallb_range(a) for p in conf["address-pools"] for a in p["addresses"]]
     return [_metallb_range(a) for a in by_kind(cfg, "IPAddressPool")[workloads.pool_name(cfg)]["spec"]["addresses"]]
@@ -194,7 +194,7 @@ def _pool_ranges(cfg):
 
 def _families(cfg, svc):
     spec = svc["spec"]
-    if workloads._legacy(cfg):
+    if not cfg.profile.dual_stack_services:
         assert "ipFamilies" not in spec and "ipFamilyPolicy" not in spec
         return [spec["ipFamily"]]
     assert "ipFamily" not in spec
@@ -202,7 +202,7 @@ def _families(cfg, svc):
 
 
 def _lb_ips(cfg, svc):
-    if workloads._legacy(cfg):
+    if cfg.profile.legacy_metallb:
         return [ipaddress.ip_address(svc["spec"]["loadBalancerIP"])]
     return [ipaddress.ip_address(a) for a in svc["metadata"]["annotations"][workloads.ANNOTATION_LB_IPS].split(",")]
 
@@ -332,7 +332,6 @@ def test_nginx_spreads_over_workers_and_serves_both_families(profile):
 
 
 def test_the_access_log_format_is_read_by_lab_verify():
-    parse = pytest.importorskip("lab.verify.parse")
     # A line as `log_format dslab` writes it, for a client on the node network.
     line = ('[pod/my-nginx-abc/nginx] fd00:db1::1 - - [01/Jan/2026:00:00:00 +0000] "GET / HTTP/1.1" 200 312 '
             '"-" "curl/8.0" server=fd00:2::5 pod=my-nginx-abc')
@@ -367,40 +366,84 @@ def test_bad_addresses_are_one_line_from_the_config_loader(profile, key, setting
     assert info.value.problems[0].startswith(f"lab.{key}: ")
 
 
-def _without(cfg, key):
-    return dataclasses.replace(cfg, **{key: None})
+# --------------------------------------------------------------------------- what the profile can do
 
 
-PROBLEM_CASES = [
-    # (profile, config maker, key) — configurations the loader accepts but the workloads cannot use.
-    ("current", lambda: load("current", metallb_ipv6_range="fd00:db1::240-fd00:db1::240"), "metallb_ipv6_range"),
-    ("current", lambda: _without(load("current"), "metallb_ipv4_range"), "metallb_ipv4_range"),
-    ("current", lambda: _without(load("current"), "metallb_ipv6_range"), "metallb_ipv6_range"),
-    ("seed-2020", lambda: _without(load("seed-2020"), "metallb_ipv6_range"), "metallb_ipv6_range"),
-]
+def with_capabilities(cfg, **changes):
+    """``cfg`` on its profile with ``changes`` to what the profile's versions can do."""
+    return dataclasses.replace(cfg, profile=dataclasses.replace(cfg.profile, **changes))
 
 
-@pytest.mark.parametrize("profile,make,key", PROBLEM_CASES)
-def test_workload_problems_are_one_line_and_create_nothing(profile, make, key, tmp_path):
-    cfg = with_pins(make())
-    found = workloads.problems(cfg)
-    assert len(found) == 1, found
-    assert found[0].startswith(f"lab.{key}: ")
-    with pytest.raises(ConfigError):
-        workloads.render_manifests(cfg)
+def test_metallb_is_configured_as_the_profile_says_not_as_its_version_reads():
+    legacy = with_capabilities(load("current"), legacy_metallb=True)
+    assert [o["kind"] for o in workloads.metallb_config(legacy)] == ["ConfigMap"]
+    local = by_kind(legacy, "Service")["my-nginx-svc-ipv6-local"]
+    assert local["spec"]["loadBalancerIP"] == str(legacy.metallb_ipv6_range.first)
+    modern = with_capabilities(load("seed-2020"), legacy_metallb=False)
+    assert [o["kind"] for o in workloads.metallb_config(modern)] == ["IPAddressPool", "L2Advertisement"]
+
+
+def test_dual_stack_services_follow_the_profile_not_its_feature_gate():
+    # 1.20-1.22: dual-stack Services, with the IPv6DualStack gate still to be turned on.
+    gated = with_capabilities(load("current"), dual_stack_feature_gate=True)
+    svcs = by_kind(gated, "Service")
+    assert svcs["my-nginx-svc-dual"]["spec"]["ipFamilyPolicy"] == "RequireDualStack"
+    assert set(workloads.lb_addresses(gated)) == {"my-nginx-svc-ipv6-local", "my-nginx-svc-dual"}
+    single = with_capabilities(load("current"), dual_stack_services=False)
+    svcs = by_kind(single, "Service")
+    assert "my-nginx-svc-dual" not in svcs
+    assert svcs["my-nginx-svc-ipv6"]["spec"]["ipFamily"] == "IPv6" and "ipFamilies" not in svcs["my-nginx-svc-ipv6"]["spec"]
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
+           for e in by_kind(single, "Deployment")["my-nginx"]["spec"]["template"]["spec"]["initContainers"][0]["env"]}
+    assert env["POD_IPS"] == "status.podIP"
+
+
+@pytest.mark.parametrize("spread", [True, False])
+def test_nginx_spreads_as_the_profile_can(spread):
+    for profile in PROFILES:
+        cfg = with_capabilities(load(profile), topology_spread=spread)
+        spec = by_kind(cfg, "Deployment")["my-nginx"]["spec"]["template"]["spec"]
+        assert ("topologySpreadConstraints" in spec) == spread and ("affinity" in spec) == (not spread), profile
+
+
+# --------------------------------------------------------------------------- one rule for pins
+
+
+PIN_CASES = {
+    # case: (the download changed, pinned?)
+    "http": (lambda d: dataclasses.replace(d, url=d.url.replace("https://", "http://")), False),
+    "no-sum": (lambda d: dataclasses.replace(d, sha256=""), False),
+    "short-sum": (lambda d: dataclasses.replace(d, sha256=d.sha256[:-1]), False),
+    "http-mirror": (lambda d: dataclasses.replace(d, mirrors=("http://mirror.example.invalid/x.yaml",)), False),
+    "sha512-only": (lambda d: dataclasses.replace(d, sha256="", sha512="ab" * 64), True),
+}
+
+
+@pytest.mark.parametrize("case", list(PIN_CASES))
+def test_the_metallb_step_refuses_exactly_what_the_profile_check_names(case, tmp_path):
+    change, pinned = PIN_CASES[case]
+    real = load("current")
+    pins = tuple(change(d) for d in real.profile.metallb_manifests)
+    cfg = dataclasses.replace(real, profile=dataclasses.replace(real.profile, metallb_manifests=pins))
+    named = [p for step, p in profiles.missing_pins(cfg.profile, cfg.runtime) if step == "metallb"]
+    assert bool(named) == (not pinned), (case, named)
     runner = FakeRunner(cfg)
     ctx = Context(cfg, State(tmp_path / "state.json"), runner)
-    for step in (workloads.deploy_metallb, workloads.deploy_workloads):
-        with pytest.raises(ConfigError) as info:
-            step(ctx)
-        assert info.value.problems == found
-    assert runner.calls == []
-    assert not (tmp_path / "state.json").exists()
+    if named:
+        with pytest.raises(StepError) as info:
+            workloads.deploy_metallb(ctx)
+        assert all(p in info.value.reason for p in named), info.value.reason
+        assert runner.calls == []
+    else:
+        workloads.deploy_metallb(ctx)
+        assert any(c[1][:2] == ["bash", workloads.FETCH] for c in runner.calls)
 
 
+# What the workloads need of the MetalLB ranges is checked by the loader with every other
+# setting (tests/test_validation.py): a configuration that loads has room for every LoadBalancer.
 def test_what_only_the_dual_stack_lb_needs_is_no_problem_on_1_17():
-    assert workloads.problems(load("seed-2020", metallb_ipv6_range="fd00:db1::240-fd00:db1::240")) == []
-    assert workloads.problems(_without(load("seed-2020"), "metallb_ipv4_range")) == []
+    cfg = load("seed-2020", metallb_ipv6_range="fd00:db1::240-fd00:db1::240")
+    assert workloads.lb_addresses(cfg) == {"my-nginx-svc-ipv6-local": (cfg.metallb_ipv6_range.first,)}
 
 
 def test_a_profile_without_manifest_sha256_refuses_before_doing_anything(tmp_path):

@@ -17,8 +17,10 @@ CALICO_V6 = "projectcalico.org/IPv6Address"
 
 def evaluate_calico(pools: Optional[Mapping], calico_pods: Optional[Mapping], nodes: Mapping, cfg) -> List[Finding]:
     """An enabled IPPool per family equal to the pod subnet (and none enabled outside it);
-    calico-node Ready on every node; each Node's Calico address annotations are the planned
-    addresses on the lab network."""
+    calico-node Ready on every node; no Node with ``NetworkUnavailable`` True (calico-node
+    sets it False, reason CalicoIsUp, once it runs there, and True, CalicoIsDown, when it
+    shuts down); each Node's Calico address annotations are the planned addresses on the lab
+    network."""
     findings = []
     look_pool = "calico-node env CALICO_IPV4POOL_CIDR / CALICO_IPV6POOL_CIDR and calico-config ipam assign_ipv4/assign_ipv6"
     if pools is None:
@@ -51,15 +53,23 @@ def evaluate_calico(pools: Optional[Mapping], calico_pods: Optional[Mapping], no
             findings.append(Finding(f"{planned.name}: calico-node {name_of(pod)} not Ready", "Ready",
                                     f"phase {(pod.get('status') or {}).get('phase')}, Ready={condition_true(pod, 'Ready')}",
                                     f"`kubectl -n kube-system logs {(pod.get('metadata') or {}).get('name')} -c calico-node`"))
+        unavailable = [c for c in ((nodes_by_name.get(planned.name) or {}).get("status") or {}).get("conditions") or []
+                       if c.get("type") == "NetworkUnavailable" and c.get("status") == "True"]
+        for cond in unavailable:
+            findings.append(Finding(f"{planned.name}: NetworkUnavailable is True ({cond.get('reason')}: {cond.get('message')})",
+                                    "NetworkUnavailable False (CalicoIsUp)", f"NetworkUnavailable True, {cond.get('reason')}",
+                                    f"calico-node on {planned.name} (`kubectl -n kube-system logs -l k8s-app=calico-node`)",
+                                    node=planned.name))
         annotations = ((nodes_by_name.get(planned.name) or {}).get("metadata") or {}).get("annotations") or {}
         for key, want, net, env in ((CALICO_V4, planned.ipv4, cfg.network_ipv4, "IP"),
                                     (CALICO_V6, planned.ipv6, cfg.network_ipv6, "IP6")):
             value = annotations.get(key)
             if ip(value) != want:
+                hint = (f"calico-node env {env}=autodetect with IP{'6' if env == 'IP6' else ''}_AUTODETECTION_METHOD "
+                        f"picking the lab interface (e.g. cidr={net})" + ("; FELIX_IPV6SUPPORT=true" if env == "IP6" else ""))
                 findings.append(Finding(f"{planned.name}: Calico detected {value or 'no address'} for {family_name(want.version)}",
-                                        f"{key}: {want}/{net.prefixlen}", f"{key}: {value}",
-                                        f"calico-node env {env}=autodetect with IP{'6' if env == 'IP6' else ''}_AUTODETECTION_METHOD "
-                                        f"picking the lab interface (e.g. cidr={net})" + ("; FELIX_IPV6SUPPORT=true" if env == "IP6" else "")))
+                                        f"{key}: {want}/{net.prefixlen}", f"{key}: {value}", hint, node=planned.name,
+                                        family=family_name(want.version), address=str(value or "")))
     return findings
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import shlex
 from typing import Dict, List, Mapping, Optional, Tuple
 
-from .kube import nginx_services, service_cluster_ips
-from .model import CheckResult, Finding, family, ip, result_from_findings, unreachable
+from .common import planned_services
+from .kube import nginx_services, service_cluster_ips, service_families
+from .model import CheckResult, Finding, family, family_name, ip, result_from_findings, unreachable
 from .parse import parse_dig_short, parse_sections, sectioned_script
 from .session import CLUSTER_DOMAIN, WORKLOAD_NAMESPACE, ClientError
 
@@ -33,14 +34,36 @@ def dns_probe_script(services: Mapping) -> str:
                              for key, (_svc, rtype, fqdn) in dns_queries(services).items()})
 
 
-def evaluate_cluster_dns(outputs: Mapping[str, Optional[str]], services: Mapping) -> List[Finding]:
-    """A records = the IPv4 cluster IPs, AAAA = the IPv6 ones (empty for a missing family)."""
+def planned_record_gaps(services: Mapping, cfg) -> List[Finding]:
+    """A record the lab's Services must answer but cannot: a planned family without a cluster IP."""
     findings = []
+    have = {(s.get("metadata") or {}).get("name"): s for s in nginx_services(services)}
+    for name, plan in planned_services(cfg).items():
+        svc = have.get(name)
+        got = {family(a) for a in service_cluster_ips(svc)} if svc is not None else set()
+        for version in service_families(plan):
+            if version not in got:
+                rtype = "A" if version == 4 else "AAAA"
+                findings.append(Finding(f"Service {name}: no {family_name(version)} cluster IP, so {rtype} cannot answer",
+                                        f"{rtype} = the {family_name(version)} cluster IP of {name}",
+                                        "absent" if svc is None else "clusterIPs: " + (", ".join(service_cluster_ips(svc)) or "none"),
+                                        "service-families", family=family_name(version)))
+    return findings
+
+
+def evaluate_cluster_dns(outputs: Mapping[str, Optional[str]], services: Mapping, cfg=None,
+                         errors: Optional[Mapping[str, str]] = None) -> List[Finding]:
+    """A records = the IPv4 cluster IPs, AAAA = the IPv6 ones (empty for a missing family);
+    with ``cfg``, every planned family of the lab's Services must have a record to answer.
+    ``errors`` keeps each source's ``kubectl exec`` error text."""
+    findings = planned_record_gaps(services, cfg) if cfg is not None else []
     queries = dns_queries(services)
     look = "CoreDNS (`kubectl -n kube-system logs -l k8s-app=kube-dns`), the kube-dns Service, the pod's /etc/resolv.conf"
     for source, text in outputs.items():
+        node = source.split(" on ", 1)[-1] if " on " in source else ""
         if text is None:
-            findings.append(unreachable(source, "dig", "dig output", "`kubectl exec` into the client pod"))
+            findings.append(unreachable(source, "dig", "dig output", "`kubectl exec` into the client pod",
+                                        error=(errors or {}).get(source, ""), node=node))
             continue
         sections = parse_sections(text)
         for key, (svc, rtype, fqdn) in queries.items():
@@ -49,8 +72,10 @@ def evaluate_cluster_dns(outputs: Mapping[str, Optional[str]], services: Mapping
             section = sections.get(key)
             got = sorted(str(a) for a in parse_dig_short(section.output)) if section is not None else []
             if got != want:
+                said = section.output.strip() if section is not None and not got else ""
                 findings.append(Finding(f"{source}: {rtype} {fqdn} answered {', '.join(got) or 'nothing'}",
-                                        f"{rtype} {', '.join(want) or '(no record)'}", f"{rtype} {', '.join(got) or '(no record)'}", look))
+                                        f"{rtype} {', '.join(want) or '(no record)'}", f"{rtype} {', '.join(got) or '(no record)'}",
+                                        look, node=node, family=family_name(version), address=", ".join(want), error=said))
     return findings
 
 
@@ -63,14 +88,13 @@ def check_cluster_dns(vctx) -> CheckResult:
     try:
         clients = vctx.clients()
     except ClientError as exc:
-        return result_from_findings([Finding(str(exc), "client pods Ready", "not ready", "`kubectl describe pod` of the client pods")], "")
+        return result_from_findings([exc.finding()], "")
     script = dns_probe_script(services)
-    outputs = {}
+    outputs, errors = {}, {}
     for node_name, pod in clients.items():
         result = vctx.exec_in(WORKLOAD_NAMESPACE, pod, ["sh", "-c", script])
         outputs[f"client on {node_name}"] = result.stdout if result.stdout else None
-    findings = evaluate_cluster_dns(outputs, services)
+        errors[f"client on {node_name}"] = result.stderr
+    findings = evaluate_cluster_dns(outputs, services, vctx.cfg, errors)
     return result_from_findings(findings, f"{len(nginx_services(services))} nginx Services resolve to their cluster IPs "
                                           "(A = IPv4, AAAA = IPv6) from pods on every node")
-
-

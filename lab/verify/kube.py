@@ -41,8 +41,20 @@ def condition_true(obj: Mapping, kind: str) -> bool:
 # --------------------------------------------------------------------------- pods
 
 
-def nginx_pods(pods: Optional[Mapping]) -> List[dict]:
-    """The recipe's nginx pods: in the workload namespace, with the workload labels."""
+def pod_gone(pod: Mapping) -> bool:
+    """True for a pod that is no target any more: terminating (``metadata.deletionTimestamp``),
+    Failed or Succeeded (an Evicted pod is Failed with ``status.reason: Evicted``)."""
+    status = pod.get("status") or {}
+    return bool((pod.get("metadata") or {}).get("deletionTimestamp")) or \
+        status.get("phase") in ("Failed", "Succeeded") or status.get("reason") == "Evicted"
+
+
+def nginx_pods(pods: Optional[Mapping], include_gone: bool = False) -> List[dict]:
+    """The recipe's nginx pods: in the workload namespace, with the workload labels.
+
+    Terminating, Failed and Evicted pods are left out (see :func:`pod_gone`) unless
+    ``include_gone``.
+    """
     found = []
     for pod in items(pods):
         meta = pod.get("metadata") or {}
@@ -51,7 +63,7 @@ def nginx_pods(pods: Optional[Mapping]) -> List[dict]:
         labels = labels_of(pod)
         if labels.get(CLIENT_LABEL_KEY) == CLIENT_LABEL_VALUE:
             continue
-        if selects(WORKLOAD_SELECTOR, labels):
+        if selects(WORKLOAD_SELECTOR, labels) and (include_gone or not pod_gone(pod)):
             found.append(pod)
     return found
 

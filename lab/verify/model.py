@@ -28,7 +28,9 @@ class Finding:
 
     ``problem`` is a short sentence naming the object (node, pod, Service) and what is
     wrong; ``expected``/``seen`` are what should be and what is; ``look_at`` is where to
-    look or the likely fix.
+    look or the likely fix. ``node``, ``pod``, ``family`` and ``address`` say where the
+    problem was seen; ``error`` keeps the error text of the command that failed
+    (``kubectl exec``, ssh).
     """
 
     problem: str
@@ -36,6 +38,23 @@ class Finding:
     seen: str = ""
     look_at: str = ""
     note: bool = False
+    node: str = ""
+    pod: str = ""
+    family: str = ""
+    address: str = ""
+    error: str = ""
+
+    def where(self) -> str:
+        """``node X, pod Y, IPv6 fd00::1``: the parts that are known, or empty."""
+        parts = [f"node {self.node}" if self.node else "", f"pod {self.pod}" if self.pod else "",
+                 " ".join(p for p in (self.family, self.address) if p)]
+        return ", ".join(p for p in parts if p)
+
+    def as_dict(self) -> dict:
+        """The finding as plain data (JSON)."""
+        return {"problem": self.problem, "expected": self.expected, "seen": self.seen, "look_at": self.look_at,
+                "node": self.node, "pod": self.pod, "family": self.family, "address": self.address,
+                "error": self.error, "note": self.note}
 
 
 def note(text: str) -> Finding:
@@ -60,6 +79,11 @@ class CheckResult:
         """True for a pass (with or without notes)."""
         return self.status == PASS
 
+    @property
+    def problems(self) -> List[Finding]:
+        """The findings that fail the check (notes left out)."""
+        return [f for f in self.findings if not f.note]
+
 
 def passed(message: str, notes: Sequence[str] = ()) -> CheckResult:
     """A passing result."""
@@ -77,41 +101,27 @@ def failed(message: str, expected: str = "", seen: str = "", look_at: str = "") 
                        findings=[Finding(message, expected, seen, look_at)])
 
 
-def unreachable(where: str, what: str, expected: str, look_at: str = "is the VM up? `invoke lab.status`") -> Finding:
-    """The finding for a probe that produced no output at all on ``where``."""
-    return Finding(f"{where}: could not run {what}", expected, "no answer", look_at)
-
-
-def _join(values: Sequence[str]) -> str:
-    unique = []
-    for value in values:
-        if value and value not in unique:
-            unique.append(value)
-    return "; ".join(unique)
+def unreachable(where: str, what: str, expected: str, look_at: str = "is the VM up? `invoke lab.status`",
+                error: str = "", node: str = "") -> Finding:
+    """The finding for a probe that produced no output at all on ``where`` (``error``: its stderr)."""
+    return Finding(f"{where}: could not run {what}", expected, "no answer", look_at, node=node, error=error.strip())
 
 
 def result_from_findings(findings: Sequence[Finding], ok_message: str) -> CheckResult:
     """Fold findings into one result: any non-note finding fails the check.
 
-    The message is the first problem (with how many more there are); ``expected``,
-    ``seen`` and ``look_at`` gather those of every problem, without repeats.
+    The message is the problem itself when there is one, else how many there are; every
+    finding stays in ``findings`` with its own expected, seen and where-to-look, and
+    ``expected``/``seen``/``look_at`` are those of the first problem (never merged).
     """
     problems = [f for f in findings if not f.note]
     notes = [f.problem for f in findings if f.note]
     if not problems:
         return CheckResult(PASS, ok_message, notes=notes, findings=list(findings))
-    message = problems[0].problem
-    if len(problems) > 1:
-        message += f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})"
-    return CheckResult(
-        FAIL,
-        message,
-        expected=_join([f"{p.expected}" for p in problems]),
-        seen=_join([f"{p.seen}" for p in problems]),
-        look_at=_join([p.look_at for p in problems]),
-        notes=notes,
-        findings=list(findings),
-    )
+    first = problems[0]
+    message = first.problem if len(problems) == 1 else f"{len(problems)} problems"
+    return CheckResult(FAIL, message, expected=first.expected, seen=first.seen, look_at=first.look_at,
+                       notes=notes, findings=list(findings))
 
 
 @dataclass(frozen=True)
@@ -245,3 +255,8 @@ def url_host(address) -> str:
 def kube_minor(cfg) -> int:
     """The Kubernetes minor version of the profile (17 for 1.17.2)."""
     return int(cfg.profile.kubernetes_version.split(".")[1])
+
+
+def lab_families(cfg) -> List[int]:
+    """The address families the lab is configured for (4 and 6: every pod subnet's)."""
+    return sorted({net.version for net in cfg.pod_subnets})

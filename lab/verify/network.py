@@ -90,10 +90,11 @@ def dns_script(cfg) -> str:
     return sectioned_script({name: f"getent ahosts {shlex.quote(name)}" for name in dns_names(cfg)})
 
 
-def evaluate_node_dns(outputs: Mapping[str, Optional[str]], cfg) -> list:
+def evaluate_node_dns(outputs: Mapping[str, Optional[str]], cfg, errors: Optional[Mapping[str, str]] = None) -> list:
     """Every node resolves every node name to exactly that node's planned IPv4 and IPv6.
 
-    ``outputs`` maps the resolving node to its :func:`dns_script` output (None: unreachable).
+    ``outputs`` maps the resolving node to its :func:`dns_script` output (None: unreachable;
+    ``errors`` holds that node's ssh error text, kept in the finding).
     A loopback answer (Vagrant's ``127.0.0.1 <hostname>`` line) is reported: it makes the
     kubelet and etcd pick the wrong address.
     """
@@ -102,7 +103,8 @@ def evaluate_node_dns(outputs: Mapping[str, Optional[str]], cfg) -> list:
     for node in cfg.nodes:
         text = outputs.get(node.name)
         if text is None:
-            findings.append(unreachable(node.name, "getent", "getent ahosts output"))
+            findings.append(unreachable(node.name, "getent", "getent ahosts output",
+                                        error=(errors or {}).get(node.name, ""), node=node.name))
             continue
         sections = parse_sections(text)
         for name, target in names.items():
@@ -126,11 +128,12 @@ def evaluate_node_dns(outputs: Mapping[str, Optional[str]], cfg) -> list:
 def node_dns(vctx) -> CheckResult:
     """Check: every node resolves every node name (short and fqdn) to both planned addresses."""
     script = dns_script(vctx.cfg)
-    outputs = {}
+    outputs, errors = {}, {}
     for node in vctx.cfg.nodes:
         result = vctx.node_run(node.name, script)
         outputs[node.name] = result.stdout if (result.ok or result.stdout) else None
-    findings = evaluate_node_dns(outputs, vctx.cfg)
+        errors[node.name] = result.stderr
+    findings = evaluate_node_dns(outputs, vctx.cfg, errors)
     count = len(vctx.cfg.nodes)
     return result_from_findings(findings, f"{count} nodes resolve all {2 * count} node names to their planned IPv4 and IPv6")
 
@@ -158,13 +161,15 @@ def reach_script(cfg, source) -> str:
     return sectioned_script(commands)
 
 
-def evaluate_node_reach(outputs: Mapping[str, Optional[str]], cfg) -> list:
-    """Every node pings every other over IPv4 and IPv6 (a section per target and family)."""
+def evaluate_node_reach(outputs: Mapping[str, Optional[str]], cfg, errors: Optional[Mapping[str, str]] = None) -> list:
+    """Every node pings every other over IPv4 and IPv6 (a section per target and family);
+    ``errors`` holds each node's ssh error text, kept in the finding of a node that gave no output."""
     findings = []
     for source in cfg.nodes:
         text = outputs.get(source.name)
         if text is None:
-            findings.append(unreachable(source.name, "ping", "ping output"))
+            findings.append(unreachable(source.name, "ping", "ping output",
+                                        error=(errors or {}).get(source.name, ""), node=source.name))
             continue
         sections = parse_sections(text)
         for target in cfg.nodes:
@@ -183,10 +188,11 @@ def evaluate_node_reach(outputs: Mapping[str, Optional[str]], cfg) -> list:
 
 def node_reach(vctx) -> CheckResult:
     """Check: every node pings every other node over both families."""
-    outputs = {}
+    outputs, errors = {}, {}
     for node in vctx.cfg.nodes:
         result = vctx.node_run(node.name, reach_script(vctx.cfg, node))
         outputs[node.name] = result.stdout if result.stdout else None
-    findings = evaluate_node_reach(outputs, vctx.cfg)
+        errors[node.name] = result.stderr
+    findings = evaluate_node_reach(outputs, vctx.cfg, errors)
     count = len(vctx.cfg.nodes)
     return result_from_findings(findings, f"every node pings the {count - 1} others over IPv4 and IPv6")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 from typing import Dict, List, Mapping, Optional
 
-from .common import DUAL_NODE_IP_MINOR
 from .kube import internal_ips, items, node_by_name, pod_cidrs
 from .model import (
     CheckResult, Finding, family, family_name, in_networks, ip, note, result_from_findings, skipped,
@@ -58,12 +57,13 @@ def evaluate_pod_cidrs(nodes: Mapping, cfg) -> List[Finding]:
             got = by_family[version]
             if len(got) != 1:
                 findings.append(Finding(f"{planned.name}: {len(got)} {family_name(version)} podCIDRs",
-                                        want, f"podCIDRs: {shown}", look))
+                                        want, f"podCIDRs: {shown}", look, node=planned.name, family=family_name(version)))
                 continue
             net = ipaddress.ip_network(got[0], strict=False)
             if not in_networks(got[0], cfg.pod_subnets) or net.prefixlen != masks[version]:
                 findings.append(Finding(f"{planned.name}: {family_name(version)} podCIDR {got[0]} is not {want}",
-                                        want, f"podCIDRs: {shown}", look))
+                                        want, f"podCIDRs: {shown}", look, node=planned.name,
+                                        family=family_name(version), address=got[0]))
             if got[0] in owners:
                 findings.append(Finding(f"{planned.name}: podCIDR {got[0]} is also {owners[got[0]]}'s",
                                         "a block per node", f"{got[0]} on {owners[got[0]]} and {planned.name}", look))
@@ -88,15 +88,17 @@ def check_pod_cidrs(vctx) -> CheckResult:
 # =========================================================================== node-internal-ips
 
 
-def evaluate_node_internal_ips(nodes: Mapping, cfg, minor: int) -> List[Finding]:
+def evaluate_node_internal_ips(nodes: Mapping, cfg, minor: Optional[int] = None) -> List[Finding]:
     """``status.addresses`` InternalIPs equal the planned addresses, one per family.
 
-    Before 1.20 the kubelet takes one ``--node-ip``: a missing IPv6 InternalIP is then a
-    note (an expected limitation of the version), not a failure.
+    Where the profile's kubelet takes one ``--node-ip`` (``kubelet_node_ip_dual`` false,
+    before 1.20) a missing IPv6 InternalIP is a note (an expected limitation of the
+    version), not a failure. ``minor`` is accepted for older callers; the profile decides.
     """
     findings = []
     by_name = node_by_name(nodes)
     look = "kubelet --node-ip (KUBELET_EXTRA_ARGS / kubeletExtraArgs node-ip) on the node; it must name the lab interface's addresses"
+    single_node_ip = not cfg.profile.kubelet_node_ip_dual
     missing_v6_expected = []
     for planned in cfg.nodes:
         node = by_name.get(planned.name)
@@ -109,27 +111,26 @@ def evaluate_node_internal_ips(nodes: Mapping, cfg, minor: int) -> List[Finding]
             got = [a for a in addresses if family(a) == want.version]
             fam = family_name(want.version)
             if not got:
-                if want.version == 6 and minor < DUAL_NODE_IP_MINOR:
+                if want.version == 6 and single_node_ip:
                     missing_v6_expected.append(planned.name)
                     continue
                 findings.append(Finding(f"{planned.name}: no {fam} InternalIP", f"InternalIP {want}",
-                                        f"InternalIPs: {shown}", look))
+                                        f"InternalIPs: {shown}", look, node=planned.name, family=fam, address=str(want)))
             elif [ip(a) for a in got] != [want]:
                 hint = look
                 if any(ip(a) not in (cfg.network_ipv4 if want.version == 4 else cfg.network_ipv6) for a in got):
                     hint = "the kubelet picked another interface (the Vagrant NAT one?): set --node-ip; " + look
                 findings.append(Finding(f"{planned.name}: {fam} InternalIP is {', '.join(got)}, not {want}",
-                                        f"InternalIP {want}", f"InternalIPs: {shown}", hint))
+                                        f"InternalIP {want}", f"InternalIPs: {shown}", hint,
+                                        node=planned.name, family=fam, address=", ".join(got)))
     if missing_v6_expected:
         findings.append(note(f"no IPv6 InternalIP on {', '.join(missing_v6_expected)}: expected limitation of "
-                             f"Kubernetes 1.{minor} (kubelet --node-ip takes one address until 1.20)"))
+                             f"Kubernetes {cfg.profile.kubernetes_minor} (kubelet --node-ip takes one address until 1.20)"))
     return findings
 
 
 def check_node_internal_ips(vctx) -> CheckResult:
     """Check ``node-internal-ips``."""
-    findings = evaluate_node_internal_ips(vctx.get_json("nodes"), vctx.cfg, vctx.minor)
-    both = vctx.minor >= DUAL_NODE_IP_MINOR
+    findings = evaluate_node_internal_ips(vctx.get_json("nodes"), vctx.cfg)
+    both = vctx.cfg.profile.kubelet_node_ip_dual
     return result_from_findings(findings, "every node reports its planned " + ("IPv4 and IPv6 InternalIPs" if both else "IPv4 InternalIP"))
-
-

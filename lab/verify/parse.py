@@ -1,4 +1,4 @@
-"""Pure parsers of the text the checks read: ``ip -o addr``, ``getent ahosts``,
+"""Pure parsers of the text the checks read: ``ip -o addr``, ``ip route``, ``getent ahosts``,
 ``ipvsadm -Ln``, ``/proc/net/tcp{,6}``, nginx access logs, and the sectioned output of
 the small shell scripts the checks run (one ssh or exec round trip for many probes).
 """
@@ -221,17 +221,21 @@ def parse_proc_net_tcp(text: str) -> List[Socket]:
 
 @dataclass(frozen=True)
 class AccessLogLine:
-    """The fields of nginx's default ``main``/``combined`` log format the checks need."""
+    """The fields of nginx's ``main``/``combined`` log format the checks need, and the
+    ``server=$server_addr pod=$hostname`` the lab's ``log_format dslab`` adds."""
 
     remote_addr: str
     request: str
     status: int
     user_agent: str
+    server: str = ""
+    pod: str = ""
 
 
 _ACCESS = re.compile(
     r'^(?:\S+\s+)?(?P<addr>[0-9a-fA-F.:]+) - \S+ \[[^\]]+\] "(?P<request>[^"]*)" (?P<status>\d{3}) \S+'
     r'(?: "[^"]*" "(?P<agent>[^"]*)")?'
+    r'(?: server=(?P<server>\S+) pod=(?P<pod>\S+))?'
 )
 
 
@@ -245,8 +249,43 @@ def parse_access_log(text: str) -> List[AccessLogLine]:
         match = _ACCESS.match(line)
         if match:
             lines.append(AccessLogLine(match.group("addr"), match.group("request"), int(match.group("status")),
-                                       match.group("agent") or ""))
+                                       match.group("agent") or "", match.group("server") or "", match.group("pod") or ""))
     return lines
+
+
+# --------------------------------------------------------------------------- ip -6 route show table local
+
+
+@dataclass(frozen=True)
+class Route:
+    """One line of ``ip route show``: its type (``local``, ``anycast``, ``multicast``, ...;
+    ``unicast`` when iproute2 prints none), destination, device and protocol (``proto``;
+    empty when iproute2 leaves it out, as it does for ``boot``)."""
+
+    kind: str
+    destination: str
+    device: str
+    protocol: str
+
+
+_ROUTE_TYPES = ("unicast", "local", "broadcast", "multicast", "throw", "unreachable", "prohibit", "blackhole",
+                "nat", "anycast")
+
+
+def parse_routes(text: str) -> List[Route]:
+    """Parse ``ip route show`` lines, in either spacing of iproute2 (older versions print two
+    spaces between fields: ``local ::1 dev lo  proto none  metric 0``)."""
+    routes = []
+    for line in (text or "").splitlines():
+        words = line.split()
+        if not words:
+            continue
+        kind = words.pop(0) if words[0] in _ROUTE_TYPES else "unicast"
+        if not words:
+            continue
+        value = {key: words[i + 1] for i, key in enumerate(words[1:-1], start=1) if key in ("dev", "proto")}
+        routes.append(Route(kind, words[0], value.get("dev", ""), value.get("proto", "")))
+    return routes
 
 
 # --------------------------------------------------------------------------- misc

@@ -2,8 +2,8 @@
 
 ``run_checks(ctx, only, layer)`` returns a :class:`~lab.verify.model.Report`; the task
 prints as it goes (``out``), writes ``--json``/``--junit`` files with :func:`write_json`
-and :func:`write_junit`, and exits with ``report.exit_code``. Client pods are removed in
-a ``finally`` that also runs on Ctrl-C and SIGTERM.
+and :func:`write_junit`, and exits with ``report.exit_code``. Every pod and Service verify
+labels is removed in a ``finally`` that also runs on Ctrl-C and SIGTERM, shielded from a second one.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Callable, List, Optional, Sequence, TextIO
 
 from ..errors import LabError
 from .e2e import E2E_DESCRIPTION, E2E_NAME, run_e2e
-from .model import E2E, FAIL, PASS, SKIP, CheckResult, Outcome, Report
+from .model import E2E, FAIL, PASS, SKIP, CheckResult, Finding, Outcome, Report, failed
 from .registry import select
-from .session import HostRun, VerifyContext, host_run
+from .session import CommandTimeout, HostRun, VerifyContext, host_run, shielded
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +34,47 @@ INDENT = "    "
 # --------------------------------------------------------------------------- lines
 
 
+def problems_of(result: CheckResult) -> List[Finding]:
+    """The findings that fail ``result``; a failed result made without findings is its own one."""
+    if result.problems:
+        return result.problems
+    if result.status == FAIL:
+        return [Finding(result.message, result.expected, result.seen, result.look_at)]
+    return []
+
+
+def finding_lines(finding: Finding, indent: str = INDENT) -> List[str]:
+    """``expected:``, ``seen:``, ``where:`` (node, pod, family, address), ``error:`` (the
+    command's own error text, every line) and ``look at:`` of one finding."""
+    lines = [f"{indent}expected: {finding.expected or '-'}", f"{indent}seen: {finding.seen or '-'}"]
+    if finding.where():
+        lines.append(f"{indent}where: {finding.where()}")
+    error = [line.rstrip() for line in (finding.error or "").strip().splitlines() if line.strip()]
+    if error:
+        lines.append(f"{indent}error: {error[0]}")
+        lines += [f"{indent}       {line}" for line in error[1:]]
+    lines.append(f"{indent}look at: {finding.look_at or '-'}")
+    return lines
+
+
 def format_outcome(outcome: Outcome) -> List[str]:
-    """The lines of one outcome: ``✓ name — message``, ``✗ name — message`` plus
-    indented ``expected:``/``seen:``/``look at:``, or ``- name skipped: reason``;
-    notes follow as indented ``note:`` lines."""
+    """The lines of one outcome: ``✓ name — message``, or ``- name skipped: reason``, or
+    ``✗ name — message`` followed by every problem: with one, its indented ``expected:``,
+    ``seen:``, ``where:``, ``error:`` and ``look at:``; with more, each numbered with its
+    own. Notes follow as indented ``note:`` lines."""
     result = outcome.result
     if result.status == SKIP:
         lines = [f"- {outcome.name} skipped: {result.message}"]
     else:
         lines = [f"{MARKS[result.status]} {outcome.name} — {result.message}"]
-    if result.status == FAIL:
-        lines += [f"{INDENT}expected: {result.expected or '-'}", f"{INDENT}seen: {result.seen or '-'}",
-                  f"{INDENT}look at: {result.look_at or '-'}"]
+    problems = problems_of(result)
+    if len(problems) == 1:
+        lines += finding_lines(problems[0])
+    else:
+        for number, finding in enumerate(problems, 1):
+            label = f"{INDENT}{number}. "
+            lines.append(label + finding.problem)
+            lines += finding_lines(finding, " " * len(label))
     lines += [f"{INDENT}note: {n}" for n in result.notes]
     return lines
 
@@ -79,23 +108,12 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-@contextlib.contextmanager
-def _shielded():
-    """Ignore SIGINT/SIGTERM while cleaning up, so a second Ctrl-C cannot strand pods."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
-
-
 def _run_one(check, vctx) -> CheckResult:
     try:
         return check.run(vctx)
+    except CommandTimeout as exc:
+        return failed(f"timed out: {exc}", f"an answer within {exc.seconds:.0f} s", "no answer in time",
+                      "is the control plane overloaded or unreachable? `invoke lab.status`; the verify log in <state_dir>/logs/")
     except LabError as exc:
         return CheckResult(FAIL, f"could not gather: {exc}", "the check's inputs", str(exc).splitlines()[0] if str(exc) else "",
                            "is the cluster up? `invoke lab.status`")
@@ -115,8 +133,9 @@ def run_checks(ctx, only: Optional[Sequence[str]] = None, layer: Optional[str] =
     (one line listing the valid names) before anything runs. ``e2e`` adds the hydrophone
     tier (``kubeconfig``: the host-side kubeconfig). With ``out`` each check's lines are
     written as it finishes, then the summary. ``host`` runs host commands (tests inject a
-    fake). Client pods are deleted at the end, on failure, on Ctrl-C and on SIGTERM;
-    an interrupt is re-raised after cleanup.
+    fake). Once verify may have created an object, every pod and Service it labels is
+    deleted at the end, on failure, on Ctrl-C and on SIGTERM; an interrupt is re-raised
+    after cleanup.
     """
     checks = select(only, layer)
     vctx = ctx if isinstance(ctx, VerifyContext) else VerifyContext(ctx, host_run=host)
@@ -142,11 +161,12 @@ def run_checks(ctx, only: Optional[Sequence[str]] = None, layer: Optional[str] =
         report.interrupted = True
         raise
     finally:
-        if vctx.clients_created:
-            with _shielded():
-                done = vctx.cleanup_clients()
+        if vctx.objects_created:
+            with shielded():
+                done = vctx.cleanup_objects()
                 if not done.ok:
-                    log.warning("could not delete the verify client pods: %s", (done.stderr or done.stdout).strip())
+                    log.warning("could not delete the pods and Services of lab.verify: %s",
+                                (done.stderr or done.stdout).strip())
         if out is not None:
             if report.interrupted:
                 print("interrupted: the remaining checks did not run", file=out, flush=True)
@@ -172,6 +192,7 @@ def report_dict(report: Report) -> dict:
                 "expected": o.result.expected,
                 "seen": o.result.seen,
                 "look_at": o.result.look_at,
+                "findings": [f.as_dict() for f in problems_of(o.result)],
                 "notes": list(o.result.notes),
                 "seconds": round(o.seconds, 3),
             }
@@ -203,7 +224,7 @@ def junit_tree(report: Report, suite_name: str = "dslab.verify") -> ET.ElementTr
         result = outcome.result
         if result.status == FAIL:
             failure = ET.SubElement(case, "failure", {"message": result.message, "type": "CheckFailed"})
-            failure.text = "\n".join(format_outcome(outcome)[1:4])
+            failure.text = "\n".join(format_outcome(outcome)[1:])
         elif result.status == SKIP:
             ET.SubElement(case, "skipped", {"message": result.message})
         if result.notes or result.status == PASS:
