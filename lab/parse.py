@@ -12,22 +12,13 @@ import ipaddress
 import re
 from typing import Optional
 
-from .settings import SPECIAL_NETWORKS, TEXT_MAX, AddressRange, IPAddress, key_text, shown
+from .settings import DEFAULTS, SPECIAL_NETWORKS, TEXT_MAX, AddressRange, IPAddress, key_text, shown
 
-#: An example of each setting's form, for the messages.
-EXAMPLES = {
-    "network_ipv4": "192.168.200.0/24",
-    "network_ipv6": "fd00:db1::/64",
-    "dhcp_ipv4_range": "192.168.200.100-192.168.200.139",
-    "dhcp_ipv6_range": "fd00:db1::1000-fd00:db1::10ff",
-    "pod_subnets": "10.244.0.0/16,fd00:2::/48",
-    "service_subnets": "10.96.0.0/16,fd00:3::/112",
-    "docker_ipv6_cidr": "fd00:1::/64",
-    "metallb_ipv4_range": "192.168.200.240-192.168.200.250",
-    "metallb_ipv6_range": "fd00:db1::240-fd00:db1::250",
-    "external_ipv4": "192.168.200.145",
-    "external_ipv6": "fd00:db1::120",
-}
+#: An example of each setting's form, for the messages: its default.
+EXAMPLES = {key: DEFAULTS[key] for key in (
+    "network_ipv4", "network_ipv6", "dhcp_ipv4_range", "dhcp_ipv6_range", "pod_subnets", "service_subnets",
+    "docker_ipv6_cidr", "metallb_ipv4_range", "metallb_ipv6_range", "external_ipv4", "external_ipv6",
+)}
 
 
 class Problems(list):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import shlex
 from typing import Dict, List, Mapping, Optional, Tuple
 
-from .common import planned_services
-from .kube import nginx_services, service_cluster_ips, service_families
+from .kube import nginx_services, service_cluster_ips
 from .model import CheckResult, Finding, family, family_name, ip, result_from_findings, unreachable
 from .parse import parse_dig_short, parse_sections, sectioned_script
+from .probes import cluster_ips_seen, planned_family_gaps
 from .session import CLUSTER_DOMAIN, WORKLOAD_NAMESPACE, ClientError
 
 
@@ -37,17 +37,11 @@ def dns_probe_script(services: Mapping) -> str:
 def planned_record_gaps(services: Mapping, cfg) -> List[Finding]:
     """A record the lab's Services must answer but cannot: a planned family without a cluster IP."""
     findings = []
-    have = {(s.get("metadata") or {}).get("name"): s for s in nginx_services(services)}
-    for name, plan in planned_services(cfg).items():
-        svc = have.get(name)
-        got = {family(a) for a in service_cluster_ips(svc)} if svc is not None else set()
-        for version in service_families(plan):
-            if version not in got:
-                rtype = "A" if version == 4 else "AAAA"
-                findings.append(Finding(f"Service {name}: no {family_name(version)} cluster IP, so {rtype} cannot answer",
-                                        f"{rtype} = the {family_name(version)} cluster IP of {name}",
-                                        "absent" if svc is None else "clusterIPs: " + (", ".join(service_cluster_ips(svc)) or "none"),
-                                        "service-families", family=family_name(version)))
+    for name, version, _plan, svc in planned_family_gaps(services, cfg):
+        rtype = "A" if version == 4 else "AAAA"
+        findings.append(Finding(f"Service {name}: no {family_name(version)} cluster IP, so {rtype} cannot answer",
+                                f"{rtype} = the {family_name(version)} cluster IP of {name}", cluster_ips_seen(svc),
+                                "service-families", family=family_name(version)))
     return findings
 
 

@@ -155,21 +155,29 @@ def cluster_ip_targets(services: Mapping) -> List[Target]:
     return targets
 
 
-def service_target_gaps(services: Mapping, cfg) -> List[Finding]:
-    """Every Service the lab deploys is there with a cluster IP in each of its planned families."""
-    findings = []
+def planned_family_gaps(services: Mapping, cfg):
+    """(name, family, Service or None) for each planned family of the lab's Services that has
+    no cluster IP (the Service absent, or without that family)."""
     have = {(s.get("metadata") or {}).get("name"): s for s in nginx_services(services)}
     for name, plan in planned_services(cfg).items():
         svc = have.get(name)
         got = {family(a) for a in service_cluster_ips(svc)} if svc is not None else set()
         for version in service_families(plan):
             if version not in got:
-                findings.append(Finding(f"Service {name}: no {family_name(version)} cluster IP to probe",
-                                        f"cluster IPs of {families_text(service_families(plan))}",
-                                        "absent" if svc is None else "clusterIPs: " + (", ".join(service_cluster_ips(svc)) or "none"),
-                                        "service-families; the Service manifest (manifests/services.yaml)",
-                                        family=family_name(version)))
-    return findings
+                yield name, version, plan, svc
+
+
+def cluster_ips_seen(svc: Optional[Mapping]) -> str:
+    """What a Service shows of its cluster IPs, for a finding."""
+    return "absent" if svc is None else "clusterIPs: " + (", ".join(service_cluster_ips(svc)) or "none")
+
+
+def service_target_gaps(services: Mapping, cfg) -> List[Finding]:
+    """Every Service the lab deploys is there with a cluster IP in each of its planned families."""
+    return [Finding(f"Service {name}: no {family_name(version)} cluster IP to probe",
+                    f"cluster IPs of {families_text(service_families(plan))}", cluster_ips_seen(svc),
+                    "service-families; the Service manifest (manifests/services.yaml)", family=family_name(version))
+            for name, version, plan, svc in planned_family_gaps(services, cfg)]
 
 
 def node_port_targets(services: Mapping, pods: Mapping, cfg) -> List[Target]:
