@@ -1,8 +1,9 @@
 """The state directory's layout: every file and folder the lab writes there, and the keys of its state.
 
-Every module that writes into a state directory asks :class:`Layout` for the path, and
-``lab.destroy`` removes what :data:`ENTRIES` lists, each in the way its entry says: so a new
-file of the lab is either listed here (and removed by destroy) or caught by the tests.
+``lab.destroy`` removes what :data:`ENTRIES` lists, each in the way its entry says, and
+:class:`Layout` gives the paths; ``tests/test_layout.py`` fills a state directory through the
+real code and fails on any path written there that is not listed, so a new file of the lab is
+either listed here (and removed by destroy) or caught by the tests.
 
 How an entry is removed (:attr:`Entry.removal`):
 

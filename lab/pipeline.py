@@ -9,6 +9,7 @@ that use it. The status lines are :mod:`lab.progress`'s.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 import traceback
@@ -166,10 +167,22 @@ def describe(steps: Sequence[Step] = STEPS, indent: str = "  ") -> str:
     return "\n".join(f"{indent}{step.name:<{width}}  {step.help}" for step in steps)
 
 
+#: Profile fields that nothing on the nodes depends on (read by validation and lab.verify only):
+#: a change of them re-runs no step.
+NOT_INSTALLED = frozenset({"description", "client_image", "e2e_focus", "host_ips", "endpoint_slices",
+                           "kubernetes_schema_version"})
+
+
+def installed_pins(profile) -> str:
+    """The profile's fields that decide what the steps install, as text for a digest."""
+    return repr([(f.name, getattr(profile, f.name)) for f in dataclasses.fields(profile)
+                 if f.name not in NOT_INSTALLED])
+
+
 def fingerprint(cfg: LabConfig, step: Step, files: Mapping[str, str]) -> str:
     """A digest of what ``step`` depends on: the values of the node settings its scripts read on
     every node, the rendered ``files`` it applies (relative path -> text), its scripts and the profile."""
-    digest = hashlib.sha256(f"{step.name}|{cfg.profile!r}".encode())
+    digest = hashlib.sha256(f"{step.name}|{installed_pins(cfg.profile)}".encode())
     names = nodeenv.variables_read(step.scripts)
     for node in sorted(cfg.nodes, key=lambda n: n.name):
         env = nodeenv.node_env(cfg, node)

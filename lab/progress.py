@@ -101,7 +101,7 @@ class Progress:
 
     def _width(self) -> int:
         try:
-            return os.get_terminal_size(self.stream.fileno()).columns
+            return os.get_terminal_size(self.stream.fileno()).columns or DEFAULT_WIDTH  # 0: a pty of no size
         except (AttributeError, ValueError, OSError):
             return shutil.get_terminal_size((DEFAULT_WIDTH, 24)).columns if self.stream is sys.stderr else DEFAULT_WIDTH
 

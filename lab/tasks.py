@@ -87,11 +87,35 @@ def recorded_profile(state_dir: Path) -> Optional[str]:
     """The profile ``lab.up`` recorded in ``state_dir``'s state, or None; a damaged record is a
     :class:`ConfigError` (one line saying how to recover)."""
     path = Path(state_dir) / "state.json"
-    value = read_state(path).get(PROFILE_KEY)
+    state = read_state(path)
+    value = state.get(PROFILE_KEY)
     if value is not None and value not in PROFILES:
         raise ConfigError([f"lab.state_dir: {path} is damaged ({PROFILE_KEY} is {lab_config.shown(value)}, not one "
                            f"of {', '.join(PROFILES)}); set it to the profile the lab was made with"])
+    if value is None and lab_made(state):
+        value = _profile_of_rendered(Path(state_dir))
     return value
+
+
+def lab_made(state: dict) -> bool:
+    """Whether ``up`` made something with the recorded profile (machines or a step done); until
+    then (an up that stopped in preflight) another profile is no conflict."""
+    return bool(state.get("steps") or state.get("vagrantfile_applied"))
+
+
+def _profile_of_rendered(state_dir: Path) -> Optional[str]:
+    """The profile of a lab made before labs recorded theirs: the one whose Kubernetes version
+    its rendered node inputs name (``nodes/*.env``), or None."""
+    for env in sorted((state_dir / "nodes").glob("*.env")):
+        try:
+            lines = env.read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            if line.startswith("KUBERNETES_VERSION="):
+                version = line.split("=", 1)[1].strip().strip("'\"")
+                return next((name for name, p in PROFILES.items() if p.kubernetes_version == version), None)
+    return None
 
 
 def _load(c, *, lab: str = "follow", state_dir: Optional[Path] = None, **overrides):
@@ -113,15 +137,17 @@ def _load(c, *, lab: str = "follow", state_dir: Optional[Path] = None, **overrid
                 where = Path(value) if isinstance(value, str) and Path(value).is_absolute() else None
             try:
                 recorded = recorded_profile(where) if where is not None else None
+                made = where is not None and lab_made(read_state(Path(where) / "state.json"))
             except OSError:   # a path that cannot be looked at (too long...): validation says why
-                recorded = None
+                recorded, made = None, False
             known = isinstance(explicit, str) and explicit in PROFILES
-            if recorded and known and explicit != recorded and lab == "refuse":
+            if recorded and known and explicit != recorded and lab == "refuse" and made:
                 given = f"--profile {explicit}" if overrides.get("profile") else f"lab.profile {explicit}"
                 raise ConfigError([f"lab.profile: the lab in {where} was made with profile {recorded}, and {given} "
                                    "asks for another; drop it (every task uses the lab's), or run "
                                    f"`{_command()} lab.destroy` first to make a new lab with {explicit}"])
-            if recorded and (explicit is None or known):   # an unknown one is left for validation to report
+            # destroy, status, kubeconfig follow the lab's; an unknown one is left for validation to report
+            if recorded and (explicit is None or (known and lab == "follow")):
                 overrides["profile"] = recorded
         cfg = lab_config.load(user, **overrides)
     except ConfigError as exc:
@@ -450,4 +476,8 @@ def main() -> None:
         release = version("dslab")
     except Exception:  # noqa: BLE001 - not installed: no version to show
         release = None
-    _Program(namespace=namespace(), name="dslab", binary="dslab", version=release).run()
+    try:
+        _Program(namespace=namespace(), name="dslab", binary="dslab", version=release).run()
+    except BrokenPipeError:  # `dslab lab.status --json | head -1`: the reader left, nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

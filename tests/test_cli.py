@@ -150,12 +150,35 @@ def test_an_explicit_other_profile_is_refused_on_a_lab_that_exists(project, args
     cfg = config.load({"profile": "seed-2020", "state_dir": str(cwd / "st")})
     render.render_all(cfg, cfg.state_dir)
     State(cfg.state_dir / "state.json").set(tasks.PROFILE_KEY, "seed-2020")
+    State(cfg.state_dir / "state.json").set("vagrantfile_applied", "0" * 64)  # its machines were made
     before = (cfg.state_dir / "Vagrantfile").read_text()
     result = invoke(project, *args, env=env)
     assert result.returncode == 2, result.stdout + result.stderr
     line, = result.stderr.strip().splitlines()
     assert line.startswith("lab.profile: ") and "seed-2020" in line and given in line, line
     assert (cfg.state_dir / "Vagrantfile").read_text() == before
+
+
+def test_a_profile_recorded_by_an_up_that_made_nothing_binds_nothing(project):
+    """An up that stopped in preflight made nothing: the next up may take another profile."""
+    cwd, _ = project
+    invoke(project, "lab.up", "--profile", "current", "--until", "preflight")
+    assert json.loads((cwd / "st" / "state.json").read_text())[tasks.PROFILE_KEY] == "current"
+    result = invoke(project, "lab.up", "--profile", "seed-2020", "--until", "preflight")
+    assert "lab.profile: " not in result.stderr, result.stderr
+    assert json.loads((cwd / "st" / "state.json").read_text())[tasks.PROFILE_KEY] == "seed-2020"
+
+
+def test_a_lab_made_before_profiles_were_recorded_keeps_its_own(project):
+    """A seed-2020 lab whose state has steps but no profile: its rendered inputs say which."""
+    cwd, _ = project
+    cfg = config.load({"profile": "seed-2020", "state_dir": str(cwd / "st")})
+    render.render_all(cfg, cfg.state_dir)
+    State(cfg.state_dir / "state.json").set("steps", {"prepare": "0" * 64})
+    status = invoke(project, "lab.status", "--json")
+    assert json.loads(status.stdout)["profile"] == "seed-2020", status.stderr
+    refused = invoke(project, "lab.render", "--profile", "current")
+    assert refused.returncode == 2 and "made with profile seed-2020" in refused.stderr, refused.stderr
 
 
 @pytest.mark.parametrize("args, env", [

@@ -370,3 +370,22 @@ def test_every_state_key_written_is_one_the_layout_lists():
             seen.add(value)
     assert {"steps", "lab_id", "bootstrap_token", "ca_cert_hash"} <= seen
     assert [key for key in sorted(seen) if not layout.state_key_known(key)] == []
+
+
+def test_a_profile_field_nothing_installs_reruns_no_step(tmp_path):
+    """What only validation and lab.verify read (the client image, the e2e focus) re-runs no step;
+    a pin a step installs re-runs that step."""
+    import dataclasses  # noqa: PLC0415
+
+    from lab import profiles  # noqa: PLC0415
+
+    state = State(tmp_path / "state.json")
+    cfg = config.load({"state_dir": str(tmp_path / "s")})
+    before = fingerprints(cfg, state)
+    verify_only = dataclasses.replace(cfg.profile, client_image="registry.k8s.io/e2e-test-images/agnhost:9.99",
+                                      e2e_focus="other")
+    assert fingerprints(dataclasses.replace(cfg, profile=verify_only), state) == before
+    pin = profiles.Download(url=cfg.profile.calico_manifest.url, sha256="0" * 64)
+    repinned = dataclasses.replace(cfg.profile, calico_manifest=pin)
+    after = fingerprints(dataclasses.replace(cfg, profile=repinned), state)
+    assert after["cni"] != before["cni"]
