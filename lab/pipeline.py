@@ -157,8 +157,6 @@ STEPS: List[Step] = [
                                             f"{layout.MANIFESTS_DIR}/services.yaml")),
 ]
 STEP_NAMES = [step.name for step in STEPS]
-#: A new log of a run in the state directory (``lab.verify``'s task makes its own with it).
-new_log = statedir.new_log
 
 
 def describe(steps: Sequence[Step] = STEPS, indent: str = "  ") -> str:
