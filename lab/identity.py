@@ -23,7 +23,8 @@ import uuid
 from pathlib import Path
 from typing import Optional
 
-from . import layout
+from . import layout, statedir
+from .context import State
 from .errors import ConfigError
 
 STATE_KEY = "lab_id"
@@ -74,10 +75,7 @@ def lab_id(state) -> str:
 
 def ensure_id(cfg) -> str:
     """The lab's id, from its state directory (marked as the lab's and the id recorded if new)."""
-    from .context import State  # noqa: PLC0415
-    from .render import mark_state_dir  # noqa: PLC0415 - render imports the network module, which imports this one
-
-    mark_state_dir(cfg.state_dir, cfg)
+    statedir.mark(cfg.state_dir, cfg)
     return lab_id(State(layout.Layout(cfg.state_dir).state))
 
 

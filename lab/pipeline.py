@@ -76,7 +76,7 @@ def open_context(cfg: LabConfig, kind: str, progress: Optional[Progress] = None,
                  steps: Sequence[str] = ()) -> Context:
     """The context of one run of a task (``kind``: up, verify): the state directory claimed and
     marked, a new log of the run in it, an ssh runner on the machines made on first use."""
-    render.mark_state_dir(cfg.state_dir, cfg)
+    statedir.mark(cfg.state_dir, cfg)
     private_dir(cfg.state_dir)  # it holds state.json, the kubeconfig and the logs
     where = layout.Layout(cfg.state_dir)
     ctx = Context(cfg, State(where.state), log_path=statedir.new_log(cfg.state_dir, kind),

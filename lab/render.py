@@ -163,29 +163,10 @@ def write_files(out_dir: Path, files: Dict[str, str], modes: Optional[Dict[str, 
 
 
 #: Marks a directory as a lab's state directory (destroy cleans only such a directory).
-STATE_MARKER = statedir.MARKER
-
-
-def mark_state_dir(out_dir: Path, cfg: LabConfig) -> None:
-    """Create ``out_dir`` with the lab's marker in it.
-
-    A system or home directory, or a non-empty one without the marker, is refused
-    (:class:`~lab.errors.ConfigError` naming ``lab.state_dir``, or ``--out`` for another
-    directory) before anything is written.
-    """
-    out_dir = Path(out_dir)
-    same = Path(os.path.abspath(out_dir)) == Path(os.path.abspath(cfg.state_dir))
-    statedir.check(out_dir, "lab.state_dir" if same else "--out")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    marker = out_dir / STATE_MARKER
-    if not marker.exists():
-        marker.write_text(f"state directory of dslab lab {cfg.name}\n")
-
-
 def render_all(cfg: LabConfig, out_dir: Path) -> List[Path]:
     """Render every artifact into ``out_dir`` and return the paths written."""
     out_dir = Path(out_dir)
-    mark_state_dir(out_dir, cfg)
+    statedir.mark(out_dir, cfg)
     state = State(out_dir / "state.json")
     written = write_files(out_dir, artifacts(cfg, state))
     statedir.record(out_dir, written)

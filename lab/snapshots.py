@@ -270,15 +270,6 @@ def _keep(cfg, name: str, meta: dict, state: dict) -> None:
     statedir.record(cfg.state_dir, files)
 
 
-def after_up(cfg, report: Report) -> Optional[dict]:
-    """What ``lab.up`` does at its end: snapshot ``ready`` when ``lab.snapshot_after_up`` is set."""
-    if not getattr(cfg, "snapshot_after_up", False):
-        return None
-    meta = take(cfg, DEFAULT_NAME, report)
-    report(summary(meta))
-    return meta
-
-
 # ---------------------------------------------------------------- what is kept
 
 

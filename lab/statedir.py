@@ -206,3 +206,19 @@ def remove_state(state_dir: Path) -> None:
         state_dir.rmdir()
     elif _is_file(state_dir / MANIFEST):
         (state_dir / MANIFEST).unlink()  # what it listed is gone; the marker stays with the rest
+
+
+def mark(out_dir: Path, cfg) -> None:
+    """Create ``out_dir`` with the lab's marker in it.
+
+    A system or home directory, or a non-empty one without the marker, is refused
+    (:class:`~lab.errors.ConfigError` naming ``lab.state_dir``, or ``--out`` for another
+    directory) before anything is written.
+    """
+    out_dir = Path(out_dir)
+    same = Path(os.path.abspath(out_dir)) == Path(os.path.abspath(cfg.state_dir))
+    check(out_dir, "lab.state_dir" if same else "--out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    marker = out_dir / MARKER
+    if not marker.exists():
+        marker.write_text(f"state directory of dslab lab {cfg.name}\n")

@@ -17,15 +17,15 @@ from . import collect as lab_collect
 from . import snapshots as lab_snapshots
 from .config import shown
 from .errors import ConfigError, LabError, PreflightError
+from .taskbase import EXIT_CONFIG, EXIT_FAILED, refuse_dry
+from .taskbase import _load as load
 
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
 SSH_OPTIONS = ("-o", "BatchMode=yes", "-o", "ConnectTimeout=20", "-o", "LogLevel=ERROR")
 
 
-def _load(c):
-    from .tasks import _load as load  # noqa: PLC0415 - lab.tasks adds these tasks to its collection
-
+def _load(c, task_name: str):
+    """The lab's settings for a workshop task, which honours no ``--dry``."""
+    refuse_dry(c, task_name)
     return load(c)
 
 
@@ -50,7 +50,7 @@ def _call(action, task_name: str):
 @task(help={"name": f"the snapshot's name (default: {lab_snapshots.DEFAULT_NAME}); one of the same name is replaced"})
 def snapshot(c, name=lab_snapshots.DEFAULT_NAME):
     """Snapshot every node at one moment (all paused, then resumed together), with the lab's state."""
-    cfg = _load(c)
+    cfg = _load(c, "snapshot")
     meta = _call(lambda: lab_snapshots.take(cfg, name, report=_err), "snapshot")
     _err(f"✓ {lab_snapshots.summary(meta)}")
 
@@ -60,7 +60,7 @@ def restore(c, name=lab_snapshots.DEFAULT_NAME):
     """Bring every node back to a snapshot, resume them together and set their clocks."""
     from .statedir import new_log  # noqa: PLC0415
 
-    cfg = _load(c)
+    cfg = _load(c, "restore")
     done = _call(lambda: lab_snapshots.restore(cfg, name, report=_err,
                                                open_log=lambda: new_log(cfg.state_dir, "restore")), "restore")
     worst = max((abs(v) for v in done["offsets"].values()), default=0.0)
@@ -76,7 +76,7 @@ def snapshots(c):
     """List the lab's snapshots: name, time taken, and the disk space each took per node."""
     from . import network  # noqa: PLC0415
 
-    cfg = _load(c)
+    cfg = load(c)  # a listing: --dry changes nothing here
     try:
         with network.connect(cfg.libvirt_uri) as conn:
             lines = _call(lambda: lab_snapshots.listing(cfg, conn), "snapshots")
@@ -106,7 +106,7 @@ def ssh(c, node):
     """A shell on a node, or one command given after `--`, with the lab's ssh config; exits with its status."""
     from .remote import SshRunner  # noqa: PLC0415
 
-    cfg = _load(c)
+    cfg = _load(c, "ssh")
     names = [n.name for n in cfg.nodes]
     if node not in names:
         raise Exit(f"lab.ssh: {shown(node)} is not a node of lab {cfg.name}; nodes: {', '.join(names)}",
@@ -132,7 +132,7 @@ def collect(c, out=None):
     """Write one archive with everything about the lab (nodes, cluster, settings, logs), secrets redacted."""
     if out is not None:
         _call(lambda: lab_collect.check_out(out), "collect")
-    cfg = _load(c)
+    cfg = _load(c, "collect")
     path = _call(lambda: lab_collect.check_out(out, name=cfg.name), "collect")
     try:
         lab_collect.collect(cfg, path, report=lambda line: _err(f"✓ {line}"))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab import config, identity, kubeconfig, labs, network, render, tasks
+from lab import config, identity, kubeconfig, labs, network, render, taskbase, tasks
 from lab.context import State
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,7 +130,7 @@ def test_up_records_the_profile_and_later_tasks_use_it(project):
     state = cwd / "st"
     # up stops at its first step here (no vagrant-libvirt on test:///default), after recording the profile.
     invoke(project, "lab.up", "--profile", "seed-2020", "--until", "preflight")
-    assert json.loads((state / "state.json").read_text())[tasks.PROFILE_KEY] == "seed-2020"
+    assert json.loads((state / "state.json").read_text())[taskbase.PROFILE_KEY] == "seed-2020"
     status = invoke(project, "lab.status", "--json")
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["profile"] == "seed-2020"
@@ -149,7 +149,7 @@ def test_an_explicit_other_profile_is_refused_on_a_lab_that_exists(project, args
     cwd, _ = project
     cfg = config.load({"profile": "seed-2020", "state_dir": str(cwd / "st")})
     render.render_all(cfg, cfg.state_dir)
-    State(cfg.state_dir / "state.json").set(tasks.PROFILE_KEY, "seed-2020")
+    State(cfg.state_dir / "state.json").set(taskbase.PROFILE_KEY, "seed-2020")
     State(cfg.state_dir / "state.json").set("vagrantfile_applied", "0" * 64)  # its machines were made
     before = (cfg.state_dir / "Vagrantfile").read_text()
     result = invoke(project, *args, env=env)
@@ -163,10 +163,10 @@ def test_a_profile_recorded_by_an_up_that_made_nothing_binds_nothing(project):
     """An up that stopped in preflight made nothing: the next up may take another profile."""
     cwd, _ = project
     invoke(project, "lab.up", "--profile", "current", "--until", "preflight")
-    assert json.loads((cwd / "st" / "state.json").read_text())[tasks.PROFILE_KEY] == "current"
+    assert json.loads((cwd / "st" / "state.json").read_text())[taskbase.PROFILE_KEY] == "current"
     result = invoke(project, "lab.up", "--profile", "seed-2020", "--until", "preflight")
     assert "lab.profile: " not in result.stderr, result.stderr
-    assert json.loads((cwd / "st" / "state.json").read_text())[tasks.PROFILE_KEY] == "seed-2020"
+    assert json.loads((cwd / "st" / "state.json").read_text())[taskbase.PROFILE_KEY] == "seed-2020"
 
 
 def test_a_lab_made_before_profiles_were_recorded_keeps_its_own(project):
@@ -189,7 +189,7 @@ def test_a_lab_made_before_profiles_were_recorded_keeps_its_own(project):
 def test_an_unknown_profile_is_reported_also_on_a_lab_that_exists(project, args, env):
     cwd, _ = project
     render.render_all(config.load({"state_dir": str(cwd / "st")}), cwd / "st")
-    State(cwd / "st" / "state.json").set(tasks.PROFILE_KEY, "current")
+    State(cwd / "st" / "state.json").set(taskbase.PROFILE_KEY, "current")
     result = invoke(project, *args, env=env)
     assert result.returncode == 2, result.stdout + result.stderr
     line, = result.stderr.strip().splitlines()
@@ -201,7 +201,7 @@ def test_destroy_finds_the_box_volume_of_the_profile_up_was_run_with(project, tm
     """Through the real invoke, with lab.profile unset: the seed-2020 box image goes with the lab."""
     cwd, _ = project
     uri = seed_lab_host(tmp_path, cwd / "st")
-    State(cwd / "st" / "state.json").set(tasks.PROFILE_KEY, "seed-2020")
+    State(cwd / "st" / "state.json").set(taskbase.PROFILE_KEY, "seed-2020")
     result = invoke(project, "lab.destroy", env={"INVOKE_LAB_LIBVIRT_URI": uri})
     assert result.returncode == 0, result.stderr
     # Its three machines, their three disks and the box image they were backed by; its network.
@@ -212,7 +212,7 @@ def test_destroy_finds_the_box_volume_of_the_profile_up_was_run_with(project, tm
 def test_a_damaged_profile_record_is_one_line(project):
     cwd, _ = project
     render.render_all(config.load({"state_dir": str(cwd / "st")}), cwd / "st")
-    State(cwd / "st" / "state.json").set(tasks.PROFILE_KEY, "seed-2021")
+    State(cwd / "st" / "state.json").set(taskbase.PROFILE_KEY, "seed-2021")
     result = invoke(project, "lab.status")
     assert result.returncode == 2
     line, = result.stderr.strip().splitlines()
@@ -405,3 +405,17 @@ def test_under_sudo_the_state_directory_goes_to_the_user(project):
     # Nothing outside it, not even through a link, and not the link itself.
     assert (state / "link").lstat().st_uid == 0 and outside.stat().st_uid == 0
     assert (cwd / "tasks.py").stat().st_uid == 0
+
+
+@pytest.mark.parametrize("args", [
+    ("lab.render",), ("lab.verify",), ("lab.snapshot",), ("lab.restore",), ("lab.ssh", "k8s-master01"),
+    ("lab.collect",),
+])
+def test_dry_is_refused_by_every_task_that_would_change_something(project, args):
+    """Only up and destroy honour invoke's --dry; the others refuse it with one line and write nothing."""
+    cwd, _ = project
+    result = invoke(project, "--dry", *args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    line, = result.stderr.strip().splitlines()
+    assert f"{args[0]}: --dry (-R) is honoured by lab.up and lab.destroy only" in line, line
+    assert not (cwd / "st").exists() and not list(cwd.glob("*.tar.gz"))

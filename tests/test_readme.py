@@ -48,7 +48,7 @@ def test_the_non_root_path_the_readme_gives_is_the_one_the_tools_give():
     setup = (ROOT / "scripts" / "setup-host").read_text()
     assert "sudo usermod -aG libvirt $USER" in quick
     assert 'usermod -aG libvirt "$user"' in setup and "${SUDO_USER:-}" in setup
-    assert "SUDO_UID" in quick and "SUDO_UID" in (ROOT / "lab" / "tasks.py").read_text()
+    assert "SUDO_UID" in quick and "SUDO_UID" in (ROOT / "lab" / "taskbase.py").read_text()
 
 
 def test_every_task_is_documented():

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 import lab.config
-from lab import cluster, kubeadm, pipeline, private, render
+from lab import cluster, kubeadm, kubeconfig, pipeline, private, render
 from lab.context import Context, Result, State
 from lab.errors import LabError, StepError
 from lab.progress import Progress
@@ -48,6 +48,12 @@ clusters:
     certificate-authority-data: {base64.b64encode(b"ca").decode()}
     server: https://192.168.200.11:6443
   name: kubernetes
+contexts:
+- context:
+    cluster: kubernetes
+    user: kubernetes-admin
+  name: kubernetes-admin@kubernetes
+current-context: kubernetes-admin@kubernetes
 users:
 - name: kubernetes-admin
   user:
@@ -192,7 +198,7 @@ def test_a_recorded_up_leaks_no_token_and_no_key(short_tmp, fake_node):
     assert mode(state_dir) == 0o700
     assert mode(state_dir / "logs") == 0o700
     assert all(mode(p) == 0o600 for p in logs)
-    assert (state_dir / "kubeconfig").read_text() == ADMIN_CONF
+    assert (state_dir / "kubeconfig").read_text() == kubeconfig.for_lab(ADMIN_CONF, cfg.name)
     assert not any(value in status.getvalue() for value in secrets.values())
     # the control sockets live in the lab's own 0700 directory
     argv = [json.loads(line) for line in (fake_node / "ssh-argv.log").read_text().splitlines()]

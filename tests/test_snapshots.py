@@ -403,22 +403,6 @@ def test_delete_all_removes_every_snapshot_so_libvirt_can_undefine(lab):
     assert dom.name() not in [d.name() for d in lab.conn.listAllDomains(0)]
 
 
-def test_lab_up_takes_ready_at_its_end_only_when_asked(lab):
-    lines = []
-    assert snapshots.after_up(lab.cfg, lines.append) is None
-    assert all(names == [] for names in lab.snapshot_names().values())
-
-    class Asked:
-        snapshot_after_up = True
-
-        def __getattr__(self, name):
-            return getattr(lab.cfg, name)
-
-    meta = snapshots.after_up(Asked(), lines.append)
-    assert meta["name"] == "ready" and lines and lines[-1].startswith("snapshot ready of 3 nodes taken in ")
-    assert all(names == [f"dslab-{lab.lab_id}-ready"] for names in lab.snapshot_names().values())
-
-
 def test_destroy_after_snapshots_leaves_no_machine_and_no_snapshot_record(lab, capfd):
     snapshots.take(lab.cfg, "ready")
     snapshots.take(lab.cfg, "second")

@@ -133,5 +133,5 @@ def test_home_and_what_holds_homes_are_never_claimed(tmp_path, monkeypatch):
     assert statedir.refusal(tmp_path / "users") == "a directory that holds home directories"
     assert statedir.refusal(home / ".lab") is None
     cfg = config.load({"state_dir": str(home / ".lab")})
-    render.mark_state_dir(cfg.state_dir, cfg)
+    statedir.mark(cfg.state_dir, cfg)
     assert (home / ".lab" / statedir.MARKER).is_file()
