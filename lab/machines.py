@@ -104,18 +104,23 @@ def destroy(cfg: LabConfig, log_path: Path) -> None:
         raise StepError("destroy", f"vagrant destroy failed ({tail(log_path, 2) or exc})", log_path) from exc
 
 
-def domains_running(cfg: LabConfig, conn) -> List[str]:
-    """Names of the lab's nodes whose libvirt domain is running."""
+def lookup(conn, name: str):
+    """The libvirt domain called ``name``, or None when there is none."""
     import libvirt  # noqa: PLC0415
 
+    try:
+        return conn.lookupByName(name)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise
+
+
+def domains_running(cfg: LabConfig, conn) -> List[str]:
+    """Names of the lab's nodes whose libvirt domain is running."""
     running = []
     for node in cfg.nodes:
-        try:
-            dom = conn.lookupByName(cfg.domain_name(node))
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                continue
-            raise
-        if dom.isActive():
+        dom = lookup(conn, cfg.domain_name(node))
+        if dom is not None and dom.isActive():
             running.append(node.name)
     return running

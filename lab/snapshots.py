@@ -91,17 +91,13 @@ def lab_domains(cfg, conn) -> Dict[str, object]:
     carried one, when ``.vagrant`` records its UUID under that node. A same-named machine of
     another lab is a :class:`LabError`.
     """
-    libvirt = _libvirt()
     owner = identity.Owner(cfg.state_dir)
     recorded = machines.recorded_machines(cfg)
     found, foreign = {}, []
     for node in cfg.nodes:
-        try:
-            dom = conn.lookupByName(cfg.domain_name(node))
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                continue
-            raise
+        dom = machines.lookup(conn, cfg.domain_name(node))
+        if dom is None:
+            continue
         lab_id = identity.id_in(ET.fromstring(dom.XMLDesc(0)).findtext("description"))
         if owner.owns(lab_id) or (lab_id is None and recorded.get(node.name) == dom.UUIDString()):
             found[node.name] = dom
