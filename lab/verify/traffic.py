@@ -224,17 +224,24 @@ def hairpin_dials(live: Live, expected: Mapping[str, str]) -> Tuple[List[Finding
     return findings, dials
 
 
-def check_hairpin(vctx) -> CheckResult:
-    """Check ``hairpin``."""
-    expected, objects = hairpin_objects(vctx.cfg)
+def _dial_check(vctx, check: str, objects, dials_of, passed) -> CheckResult:
+    """A check that creates ``objects`` (``(expected pods, manifests)`` of the config), dials what
+    ``dials_of(live, expected)`` returns from the pods, and passes with ``passed(expected, dials)``."""
+    expected, manifests = objects(vctx.cfg)
 
     def body(live: Live) -> CheckResult:
-        findings, dials = hairpin_dials(live, expected)
+        findings, dials = dials_of(live, expected)
         findings = live.problems + findings + (evaluate_dials(run_dials(vctx, dials), dials) if dials else [])
-        return result_from_findings(findings, f"a pod on each of {len(expected)} nodes reaches itself through its own "
-                                              "Service over IPv4 and IPv6")
+        return result_from_findings(findings, passed(expected, dials))
 
-    return with_objects(vctx, HAIRPIN, objects, expected, body)
+    return with_objects(vctx, check, manifests, expected, body)
+
+
+def check_hairpin(vctx) -> CheckResult:
+    """Check ``hairpin``."""
+    return _dial_check(vctx, HAIRPIN, hairpin_objects, hairpin_dials,
+                       lambda expected, _dials: f"a pod on each of {len(expected)} nodes reaches itself through its "
+                                                "own Service over IPv4 and IPv6")
 
 
 # =========================================================================== udp-service
@@ -263,15 +270,9 @@ def udp_dials(live: Live, expected: Mapping[str, str]) -> Tuple[List[Finding], L
 
 def check_udp_service(vctx) -> CheckResult:
     """Check ``udp-service``."""
-    expected, objects = udp_objects(vctx.cfg)
-
-    def body(live: Live) -> CheckResult:
-        findings, dials = udp_dials(live, expected)
-        findings = live.problems + findings + (evaluate_dials(run_dials(vctx, dials), dials) if dials else [])
-        return result_from_findings(findings, f"pods on {len(expected)} nodes get UDP answers from the Service's cluster "
-                                              "IPs of both families")
-
-    return with_objects(vctx, UDP, objects, expected, body)
+    return _dial_check(vctx, UDP, udp_objects, udp_dials,
+                       lambda expected, _dials: f"pods on {len(expected)} nodes get UDP answers from the Service's "
+                                                "cluster IPs of both families")
 
 
 # =========================================================================== large-requests
@@ -325,13 +326,7 @@ def large_dials(live: Live, expected: Mapping[str, str]) -> Tuple[List[Finding],
 
 def check_large_requests(vctx) -> CheckResult:
     """Check ``large-requests``."""
-    expected, objects = large_objects(vctx.cfg)
-
-    def body(live: Live) -> CheckResult:
-        findings, dials = large_dials(live, expected)
-        findings = live.problems + findings + (evaluate_dials(run_dials(vctx, dials), dials) if dials else [])
-        return result_from_findings(findings, f"{len(dials)} requests of 2000 bytes and more (HTTP and UDP) cross "
-                                              "nodes and Services over IPv4 and IPv6")
-
-    return with_objects(vctx, LARGE, objects, expected, body)
+    return _dial_check(vctx, LARGE, large_objects, large_dials,
+                       lambda _expected, dials: f"{len(dials)} requests of 2000 bytes and more (HTTP and UDP) cross "
+                                                "nodes and Services over IPv4 and IPv6")
 
