@@ -233,12 +233,7 @@ def take(cfg, name: str = DEFAULT_NAME, report: Report = lambda line: None, cloc
         finally:
             problems = _resume(paused)
         paused_s = clock() - pause_started
-        if failures:
-            lines = "; ".join(f"{n}: {_message(e)}" for n, e in failures.items())
-            raise LabError(f"lab.snapshot: libvirt could not snapshot {lines}; no snapshot {name} was kept"
-                           + (f"; {'; '.join(problems)}" if problems else ""))
-        if problems:
-            raise LabError("lab.snapshot: " + "; ".join(problems))
+        _refuse_failures("lab.snapshot", "snapshot", failures, problems, f"no snapshot {name} was kept")
         nodes = {n: {"domain": dom.name(), "uuid": dom.UUIDString(), "bytes": max(0, disk_bytes(dom) - before[n])}
                  for n, dom in domains.items()}
     taken = datetime.now(timezone.utc)
@@ -264,6 +259,17 @@ def _keep(cfg, name: str, meta: dict, state: dict) -> None:
         (where / KUBECONFIG_COPY).unlink(missing_ok=True)
     write_private(where / META, json.dumps(meta, indent=2, sort_keys=True) + "\n")
     statedir.record(cfg.state_dir, files)
+
+
+def _refuse_failures(task: str, verb: str, failures: Dict[str, Exception], problems: List[str], then: str) -> None:
+    """One :class:`LabError` line for what libvirt could not do on some nodes (``failures``) and
+    for the nodes that could not be resumed (``problems``); nothing when all went well."""
+    if failures:
+        lines = "; ".join(f"{n}: {_message(e)}" for n, e in failures.items())
+        raise LabError(f"{task}: libvirt could not {verb} {lines}; {then}"
+                       + (f"; {'; '.join(problems)}" if problems else ""))
+    if problems:
+        raise LabError(f"{task}: " + "; ".join(problems))
 
 
 # ---------------------------------------------------------------- what is kept
@@ -404,12 +410,7 @@ def restore(cfg, name: str = DEFAULT_NAME, report: Report = lambda line: None, r
         close_connections(runner, list(domains))
         failures = _on_all(domains, lambda node, dom: _revert(dom, snaps[node]))[1]
         problems = _resume(domains)
-    if failures:
-        lines = "; ".join(f"{n}: {_message(e)}" for n, e in failures.items())
-        raise LabError(f"lab.restore: libvirt could not revert {lines}; run `invoke lab.restore` again"
-                       + (f"; {'; '.join(problems)}" if problems else ""))
-    if problems:
-        raise LabError("lab.restore: " + "; ".join(problems))
+    _refuse_failures("lab.restore", "revert", failures, problems, "run `invoke lab.restore` again")
     _put_back(cfg, name, meta)
     offsets = set_clocks(runner, list(domains), now=now, clock=clock)
     return {"seconds": round(clock() - started, 3), "offsets": offsets, "taken": meta.get("taken"), "log": log}
