@@ -17,12 +17,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Set
 
-from . import calico, kubeadm, nodeenv, profiles, waits
+from . import cache_steps, calico, kubeadm, nodeenv, profiles, waits
 from . import kubeconfig as lab_kubeconfig
 from .config import Node
 from .context import Context
 from .errors import StepError
-from .render import JOIN_TOKEN_KEY, PROVISION_DIR, bootstrap_token, join_token
+from .nodefiles import upload_inputs
+from .render import JOIN_TOKEN_KEY, bootstrap_token, join_token
 
 REMOTE_DIR = nodeenv.REMOTE_DIR
 REMOTE_ENV = nodeenv.ENV_FILE
@@ -72,12 +73,6 @@ def on_nodes(nodes: Iterable[Node], action: Callable[[Node], None], ctx: Optiona
         future.result()
 
 
-def upload_inputs(ctx: Context, node: Node) -> None:
-    """Copy ``provision/`` and the node's env file to the node."""
-    ctx.runner.put_tree(node.name, PROVISION_DIR, f"{REMOTE_DIR}/provision")
-    ctx.runner.put_text(node.name, nodeenv.env_file_text(nodeenv.node_env(ctx.cfg, node)), REMOTE_ENV)
-
-
 def script_step(*scripts: str, nodes: Callable[[Context], Iterable[Node]] = lambda ctx: ctx.cfg.nodes):
     """A step that runs ``scripts``, in order, on every node of ``nodes(ctx)`` in parallel."""
     def step(ctx: Context) -> None:
@@ -89,9 +84,28 @@ def script_step(*scripts: str, nodes: Callable[[Context], Iterable[Node]] = lamb
     return step
 
 
-prepare = script_step("prepare.sh")
+_prepare = script_step("prepare.sh")
 runtime = script_step("runtime.sh")
-kubernetes = script_step("cri-dockerd.sh", "kubernetes.sh")
+_kubernetes = script_step("cri-dockerd.sh", "kubernetes.sh")
+
+
+def prepare(ctx: Context) -> None:
+    """The package managers keep what they download, the cached packages of the last lab are put
+    back (:func:`lab.cache_steps.restore_packages`), then ``prepare.sh``."""
+    cache_steps.restore_packages(ctx)
+    _prepare(ctx)
+
+
+def kubernetes(ctx: Context) -> None:
+    """cri-dockerd's and the node tarball copied from the host's cache where the scripts fetch
+    them, then ``cri-dockerd.sh`` and ``kubernetes.sh``."""
+    cache_steps.push_kubernetes_files(ctx)
+    _kubernetes(ctx)
+
+
+def images(ctx: Context) -> None:
+    """Every cached image of the profile loaded on every node that lacks it (before anything pulls)."""
+    cache_steps.load_images(ctx)
 
 
 def control_plane(ctx: Context) -> None:
@@ -140,6 +154,7 @@ def cni(ctx: Context) -> None:
 
         def fetch_archive(target: Node) -> None:
             upload_inputs(ctx, target)
+            cache_steps.push(ctx, target.name, pin, archive)
             ctx.runner.run(target.name, ["bash", FETCH, *pin.fetch_args(archive)])
             if profile.calico_images:
                 ctx.runner.run(target.name, ["bash", f"{REMOTE_DIR}/provision/load-images.sh", archive,
@@ -150,6 +165,7 @@ def cni(ctx: Context) -> None:
                              f"{shlex.quote(REMOTE_CALICO_UPSTREAM)}")
     else:
         ctx.progress.action(f"Calico {profile.calico_version} manifest on {node}")
+        cache_steps.push(ctx, node, pin, REMOTE_CALICO_UPSTREAM)
         ctx.runner.run(node, ["bash", FETCH, *pin.fetch_args(REMOTE_CALICO_UPSTREAM)])
     upstream = ctx.runner.run(node, ["cat", REMOTE_CALICO_UPSTREAM]).stdout
     edited = calico.edit_manifest(upstream, ctx.cfg)

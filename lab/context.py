@@ -12,7 +12,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Protocol, Sequence, Tuple, Union
+from typing import Any, Optional, Protocol, Sequence, Tuple, Union
 
 from . import layout
 from .config import LabConfig, shown
@@ -153,7 +153,8 @@ class Context:
 
     ``runner`` runs commands on the nodes (None where no node is reached); ``log_path`` is the
     run's log; ``progress`` its status lines; ``steps`` the names of the steps the run goes
-    through and ``step`` the one running now.
+    through and ``step`` the one running now; ``cache`` the host's cache (a
+    :class:`lab.cache.Cache`) the steps take pinned files and images from, None where none is used.
     """
 
     cfg: LabConfig
@@ -163,6 +164,7 @@ class Context:
     progress: Progress = field(default_factory=Silent)
     steps: Tuple[str, ...] = ()
     step: str = ""
+    cache: Optional[Any] = None
 
     @property
     def state_dir(self) -> Path:

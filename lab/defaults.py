@@ -14,7 +14,7 @@ from typing import List, Mapping, Optional
 
 from .parse import Problems, read_int, read_network
 from .profiles import PROFILES
-from .settings import CONTROL_PLANE_HOST, DEFAULTS, FIRST_WORKER_HOST, WORKERS_MAX
+from .settings import CONTROL_PLANE_HOST, DEFAULTS, FIRST_WORKER_HOST, WORKERS_MAX, default_cache_dir
 
 
 def _plain(value):
@@ -65,7 +65,8 @@ def fill_defaults(settings: Mapping) -> dict:
     * ``runtime``: the profile's first runtime, when not set (or empty);
     * ``box``: the profile's box, when not set; ``box_url``: the profile's, when neither the
       box nor its URL is set (a box of the user's own comes from where Vagrant finds it);
-    * ``nodes``: :func:`node_plan`, when no node list is given.
+    * ``nodes``: :func:`node_plan`, when no node list is given;
+    * ``cache_dir``: :func:`~lab.settings.default_cache_dir`, when not set.
     """
     filled = dict(settings)
     name = filled.get("profile")
@@ -79,4 +80,6 @@ def fill_defaults(settings: Mapping) -> dict:
                 filled["box_url"] = profile.box_url
     if filled.get("nodes") is None:
         filled["nodes"] = node_plan(filled)
+    if filled.get("cache_dir") is None:
+        filled["cache_dir"] = str(default_cache_dir())
     return filled

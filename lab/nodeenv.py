@@ -43,6 +43,8 @@ READS = {
     "join.sh": ("KUBEADM_JOIN_CONFIG",),
     "fetch.sh": (),
     "load-images.sh": (),
+    "cache-images.sh": ("RUNTIME",),
+    "cache-packages.sh": (),
 }
 
 

@@ -76,6 +76,23 @@ def read_int(problems, raw, key, low, high):
     return value
 
 
+#: The words a yes/no setting takes from an environment variable or a text value (YAML gives a bool).
+TRUE_WORDS = ("true", "yes", "on", "1")
+FALSE_WORDS = ("false", "no", "off", "0")
+
+
+def read_bool(problems, raw, key):
+    """The yes/no ``raw[key]``: a bool, or one of :data:`TRUE_WORDS` / :data:`FALSE_WORDS` (any case)."""
+    value = raw.get(key)
+    if isinstance(value, bool):
+        return value
+    word = value.strip().lower() if isinstance(value, str) else None
+    if word in TRUE_WORDS or word in FALSE_WORDS:
+        return word in TRUE_WORDS
+    problems.add(key, f"{shown(value)} is not true or false; set true or false")
+    return None
+
+
 def special(value) -> Optional[str]:
     """What special address space the address or network ``value`` touches, or None."""
     net = ipaddress.ip_network(value) if isinstance(value, IPAddress) else value

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
-from . import cluster, layout, machines, network, nodeenv, preflight, profiles, render, statedir, workloads
+from . import cache, cache_steps, cluster, layout, machines, network, nodeenv, preflight, profiles, render, statedir, workloads
 from .config import LabConfig
 from .context import Context, DryState, State
 from .errors import LabError, StepError
@@ -80,7 +80,7 @@ def open_context(cfg: LabConfig, kind: str, progress: Optional[Progress] = None,
     private_dir(cfg.state_dir)  # it holds state.json, the kubeconfig and the logs
     where = layout.Layout(cfg.state_dir)
     ctx = Context(cfg, State(where.state), log_path=statedir.new_log(cfg.state_dir, kind),
-                  progress=progress or Progress(), steps=tuple(steps))
+                  progress=progress or Progress(), steps=tuple(steps), cache=cache.for_config(cfg))
     ctx.runner = NodeRunner(ctx)
     ctx.progress.follow(ctx.log_path)
     return ctx
@@ -128,6 +128,10 @@ def _machines(ctx: Context) -> None:
                           "running machines keep the old ones: `invoke lab.destroy` and `lab.up` to apply")
 
 
+def _keep(ctx: Context) -> None:
+    cache_steps.export_images(ctx)
+
+
 STEPS: List[Step] = [
     Step("preflight", "check vagrant, vagrant-libvirt, libvirt, storage pool, KVM, memory, free subnets",
          _preflight, remembered=False),
@@ -140,6 +144,8 @@ STEPS: List[Step] = [
          cluster.prepare, scripts=("lib.sh", "prepare.sh")),
     Step("runtime", "Docker with IPv6 (daemon.json as the recipe), or containerd", cluster.runtime,
          scripts=("lib.sh", "runtime.sh")),
+    Step("images", "load every image of the host's cache for this profile on every node that lacks it",
+         cluster.images, remembered=False, scripts=("lib.sh", "cache-images.sh")),
     Step("kubernetes", "cri-dockerd --ipv6-dual-stack (current); kubeadm, kubelet, kubectl; kubelet enabled",
          cluster.kubernetes, scripts=("lib.sh", "cri-dockerd.sh", "kubernetes.sh", "fetch.sh")),
     Step("control-plane", "kubeadm config images pull; kubeadm init with the dual-stack config",
@@ -155,6 +161,9 @@ STEPS: List[Step] = [
     Step("workloads", "nginx on IPv4 and IPv6, the recipe's Services and the dual-stack LoadBalancer",
          workloads.deploy_workloads, files=(f"{layout.MANIFESTS_DIR}/nginx.yaml",
                                             f"{layout.MANIFESTS_DIR}/services.yaml")),
+    Step("cache", "keep in the host's cache every image the nodes hold and the packages they downloaded "
+                  "(also at the end of a run --until any step from runtime on)", _keep, remembered=False,
+         scripts=("lib.sh", "cache-images.sh", "cache-packages.sh")),
 ]
 STEP_NAMES = [step.name for step in STEPS]
 
@@ -213,11 +222,21 @@ def machines_running(ctx: Context) -> bool:
         return len(machines.domains_running(ctx.cfg, conn)) == len(ctx.cfg.nodes)
 
 
+#: The step that keeps what the nodes got in the host's cache: it ends every run that went as far
+#: as the step named here, so a lab stopped early (``--until runtime``) keeps its packages and images too.
+KEEP_STEP, KEEP_AFTER = "cache", "runtime"
+
+
 def _chosen(steps: Sequence[Step], until: Optional[str]) -> List[Step]:
     names = [step.name for step in steps]
     if until is not None and until not in names:
         raise LabError(f"--until: unknown step {until!r}; steps are: {', '.join(names)}")
-    return list(steps[:names.index(until) + 1] if until is not None else steps)
+    if until is None:
+        return list(steps)
+    chosen = list(steps[:names.index(until) + 1])
+    if KEEP_STEP in names and KEEP_AFTER in names[:names.index(until) + 1] and until != KEEP_STEP:
+        chosen.append(steps[names.index(KEEP_STEP)])
+    return chosen
 
 
 def up(cfg: LabConfig, until: Optional[str] = None, progress: Optional[Progress] = None, *,
@@ -324,6 +343,25 @@ def forget_steps(state: State) -> None:
     """Forget every step done (new machines start from scratch: the steps' work lived on the old ones)."""
     if state.get("steps"):
         state.set("steps", {})
+
+
+def offline_check(cfg: LabConfig, progress: Progress) -> None:
+    """``lab.offline``: one ``✗`` line for everything a run would download that the host's cache (or
+    Vagrant's box store) lacks, then :class:`~lab.errors.StepError`; before anything is created."""
+    from .cache_offline import offline_problems  # noqa: PLC0415
+
+    progress.start("preflight")
+    try:
+        problems = offline_problems(cfg, cache.for_config(cfg))
+    except LabError as exc:
+        progress.fail(f"preflight: {exc}")
+        raise StepError("preflight", str(exc)) from None
+    if not problems:
+        progress.done(f"lab.offline: everything the run needs is in the host's cache ({cfg.cache_dir})")
+        return
+    for line in problems:
+        progress.fail(line)
+    raise StepError("preflight", problems[0])
 
 
 def verify_context(cfg: LabConfig, progress: Optional[Progress] = None) -> Context:

@@ -11,7 +11,8 @@ import fnmatch
 import os
 import stat
 from pathlib import Path
-from typing import Dict, List, Optional
+import urllib.parse
+from typing import Dict, List, Optional, Tuple
 
 import jinja2
 
@@ -66,21 +67,38 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def box_sha256(cfg: LabConfig) -> str:
-    """The pinned sha256 of the box download: the profile's, for the profile's own box file only
-    (a ``lab.box`` or ``lab.box_url`` of the user's is not checked); "" when none is pinned."""
+def baked_box(cfg: LabConfig):
+    """The host cache's box that ``lab.box`` names (one ``lab.bake`` made), when ``lab.box_url`` is unset."""
+    if cfg.box_url is not None:
+        return None
+    from .cache import for_config  # noqa: PLC0415 - read only when a Vagrantfile is made
+
+    return for_config(cfg).box(cfg.box)
+
+
+def box_source(cfg: LabConfig) -> Tuple[Optional[str], str]:
+    """(the box URL, its pinned sha256 or "") of the Vagrantfile: a baked box of the host's cache as a
+    ``file://`` URL with the sum the cache recorded; the profile's own box with the profile's pin; a
+    ``lab.box`` or ``lab.box_url`` of the user's as given, unchecked."""
+    baked = baked_box(cfg)
+    if baked is not None:
+        from .cache import for_config  # noqa: PLC0415
+
+        return "file://" + urllib.parse.quote(str(for_config(cfg).box_path(baked))), baked.sha256
     profile = cfg.profile
-    return profile.box_sha256 if (cfg.box, cfg.box_url) == (profile.box, profile.box_url) else ""
+    same = (cfg.box, cfg.box_url) == (profile.box, profile.box_url)
+    return cfg.box_url, profile.box_sha256 if same else ""
 
 
 def vagrantfile(cfg: LabConfig, lab_id: Optional[str] = None) -> str:
     """The Vagrantfile of the lab, from ``templates/Vagrantfile.j2``; its machines carry ``lab_id``."""
+    url, sha256 = box_source(cfg)
     return _environment().get_template(VAGRANTFILE_TEMPLATE).render(
         description=identity.description(cfg.name, lab_id),
         nodes=cfg.nodes,
         box=cfg.box,
-        box_url=cfg.box_url,
-        box_sha256=box_sha256(cfg),
+        box_url=url,
+        box_sha256=sha256,
         boot_timeout=BOOT_TIMEOUT_S,
         libvirt_uri=cfg.libvirt_uri,
         libvirt_driver=cfg.libvirt_driver,

@@ -50,6 +50,8 @@ DEFAULTS: dict = {
     "runtime": None,
     "kube_proxy_mode": "ipvs",
     "ready_timeout": 900,
+    "cache_dir": None,
+    "offline": False,
 }
 
 
@@ -99,10 +101,10 @@ LIST_MAX = 1000
 TEXT_SETTINGS = ("name", "profile", "box", "box_url", "libvirt_uri", "libvirt_driver", "storage_pool",
                  "state_dir", "domain", "network_ipv4", "network_ipv6", "dhcp_ipv4_range", "dhcp_ipv6_range",
                  "docker_ipv6_cidr", "metallb_ipv4_range", "metallb_ipv6_range", "external_ipv4",
-                 "external_ipv6", "runtime", "kube_proxy_mode")
+                 "external_ipv6", "runtime", "kube_proxy_mode", "cache_dir")
 #: Settings whose text may hold non-ASCII characters (paths); every other value ends up in
 #: Ruby, XML, shell or DNS, where only ASCII belongs.
-NON_ASCII_OK = ("state_dir",)
+NON_ASCII_OK = ("state_dir", "cache_dir")
 #: Address space no lab address or range may touch, with what to call it.
 SPECIAL_NETWORKS = tuple((ipaddress.ip_network(net), what) for net, what in (
     ("0.0.0.0/8", "the unspecified/'this network' range 0.0.0.0/8"),
@@ -199,6 +201,8 @@ class LabConfig:
     runtime: str
     kube_proxy_mode: str
     ready_timeout: int
+    cache_dir: Path = field(default_factory=lambda: default_cache_dir())
+    offline: bool = False
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -270,6 +274,13 @@ def key_text(key) -> str:
     if not (text.isascii() and text.isprintable()) or len(text) > 60:
         text = shown(text)
     return text
+
+
+def default_cache_dir(environ=os.environ) -> Path:
+    """Where the host's cache is when ``lab.cache_dir`` is not set: ``$XDG_CACHE_HOME/dslab`` when
+    that is an absolute path (the XDG Base Directory Specification), else ``~/.cache/dslab``."""
+    base = environ.get("XDG_CACHE_HOME", "")
+    return (Path(base) if os.path.isabs(base) else Path.home() / ".cache") / "dslab"
 
 
 #: The project's top directory (where tasks.py lives): relative state directories are under it.

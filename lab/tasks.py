@@ -11,6 +11,8 @@ state; every later task takes it from there, and an explicit other one (a flag o
 
 from __future__ import annotations
 
+import dataclasses
+
 import json as jsonlib
 import os
 import shlex
@@ -81,8 +83,10 @@ def next_steps(cfg, until: Optional[str] = None) -> str:
 @task(help={"until": "stop after this step; steps: " + ", ".join(STEP_NAMES),
             "profile": "profile to use (default: the lab's, else lab.profile)",
             "verbose": "also stream each step's log (Vagrant's output, every command on the nodes)",
-            "quiet": "print failures only"})
-def up(c, until=None, profile=None, verbose=False, quiet=False):
+            "quiet": "print failures only",
+            "offline": "as lab.offline: true; first list what the run would download that the host's cache "
+                       "lacks, and stop before creating anything when something is"})
+def up(c, until=None, profile=None, verbose=False, quiet=False, offline=False):
     """Create the lab: network, machines, Kubernetes, Calico, MetalLB and nginx (resumable).
 
     With invoke's --dry (-R) it lists the steps that would run or be skipped, and changes nothing.
@@ -98,8 +102,12 @@ def up(c, until=None, profile=None, verbose=False, quiet=False):
     dry = bool(c.config.run.dry)  # invoke's --dry/-R (its Program sets run.dry)
     progress = for_task(verbose=verbose, quiet=quiet)
     cfg = _load(c, lab="refuse", profile=profile)
+    if offline:
+        cfg = dataclasses.replace(cfg, offline=True)
     try:
         with progress:
+            if cfg.offline:
+                pipeline.offline_check(cfg, progress)
             if not dry:
                 _remember(cfg)
             log = pipeline.up(cfg, until=until, progress=progress, dry=dry)
@@ -246,8 +254,11 @@ def verify(c, only=None, layer=None, json=None, junit=None, e2e=False):
         raise Exit(code=report.exit_code)
 
 
+from .bake_tasks import bake  # noqa: E402
+from .cache_tasks import cache  # noqa: E402
 from .workshop_tasks import collect, restore, snapshot, snapshots, ssh  # noqa: E402
-ns = Collection(config, render, up, status, list_, destroy, kubeconfig, verify, snapshot, restore, snapshots, ssh, collect)
+ns = Collection(config, render, up, status, list_, destroy, kubeconfig, verify, snapshot, restore, snapshots, ssh, collect,
+                cache, bake)
 ns.configure({"lab": dict.fromkeys(lab_config.DEFAULTS)})
 
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 import difflib
 import hashlib
 import ipaddress
+import os
+from pathlib import Path
 from typing import Any, Mapping
 
 from . import lbplan
 from .errors import ConfigError
-from .parse import (Problems, read_address, read_int, read_network, read_pair, read_range, reserved,
+from .parse import (Problems, read_address, read_bool, read_int, read_network, read_pair, read_range, reserved,
                     text_problem)
 from .profiles import PROFILES
 from .safeyaml import load_yaml
@@ -228,6 +230,33 @@ def _check_names(problems, raw):
                                f"separated by dots, at most {DNS_NAME_MAX} in all, like dslab.internal")
 
 
+def _check_cache(problems, raw):
+    """``lab.cache_dir`` (a directory the lab can make and write, outside the state directory, so
+    ``lab.destroy`` keeps it) and ``lab.offline``; return (the cache directory, offline) or Nones."""
+    offline = read_bool(problems, raw, "offline")
+    cache_dir, state_dir = raw.get("cache_dir"), raw.get("state_dir")
+    if not isinstance(cache_dir, str) or not cache_dir.strip():
+        problems.add("cache_dir", "must be a non-empty path; leave it unset for ~/.cache/dslab")
+        return None, offline
+    path = state_dir_path(cache_dir)
+    reason = dir_problem(path)
+    if reason:
+        problems.add("cache_dir", f"{shown(cache_dir)} {reason}")
+        return None, offline
+    if isinstance(state_dir, str) and state_dir.strip():
+        state = Path(os.path.realpath(state_dir_path(state_dir)))
+        real = Path(os.path.realpath(path))
+        if real == state or state in real.parents:
+            problems.add("cache_dir", f"{shown(cache_dir)} is inside lab.state_dir ({state}), which lab.destroy "
+                                      "removes; give a directory outside it, or leave lab.cache_dir unset")
+            return None, offline
+        if real in state.parents:
+            problems.add("cache_dir", f"{shown(cache_dir)} holds lab.state_dir ({state}); give a directory of its "
+                                      "own, or leave lab.cache_dir unset")
+            return None, offline
+    return path, offline
+
+
 def _read_networks(problems, raw) -> dict:
     """Every network, range and address setting, read (None where unreadable)."""
     net4 = read_network(problems, raw, "network_ipv4", 4)
@@ -326,6 +355,7 @@ def validate(raw: Mapping[str, Any]) -> LabConfig:
         ("memory_mb", MEMORY_MIN_MB, 1024 * 1024), ("cpus", 1, CPUS_MAX), ("workers", 1, WORKERS_MAX),
         ("node_cidr_mask_ipv4", 8, 30), ("node_cidr_mask_ipv6", 64, 124), ("ready_timeout", 30, 24 * 3600))}
     nets = _read_networks(problems, raw)
+    cache_dir, offline = _check_cache(problems, raw)
     if profile is not None:
         _check_profile(problems, profile, raw, nets)
     nodes = _nodes(problems, raw)
@@ -357,6 +387,8 @@ def validate(raw: Mapping[str, Any]) -> LabConfig:
         runtime=raw["runtime"],
         kube_proxy_mode=proxy,
         ready_timeout=numbers["ready_timeout"],
+        cache_dir=cache_dir,
+        offline=offline,
         raw=dict(raw),
         **nets,
     )

@@ -17,7 +17,7 @@ import ipaddress
 import json
 import time
 
-from . import nodeenv, profiles, waits
+from . import cache_steps, nodeenv, profiles, waits
 from .context import Context
 from .errors import StepError
 from .lbplan import SVC_DUAL, SVC_IPV4, SVC_IPV6, SVC_IPV6_LOCAL, lb_addresses, lb_needs
@@ -101,6 +101,7 @@ def deploy_metallb(ctx: Context) -> None:
     if not installed:
         for pin in cfg.profile.metallb_manifests:
             dest = _remote_path(cfg, pin.url)
+            cache_steps.push(ctx, node, pin, dest)
             ctx.runner.run(node, ["bash", FETCH, *pin.fetch_args(dest)])
             ctx.kubectl(["apply", "-f", dest], timeout=300)
         ctx.state.set(STATE_PREFIX + "metallb-install", install)

@@ -76,7 +76,7 @@ def test_a_range_is_checked_against_what_the_profile_asks_of_it(monkeypatch):
 def test_validation_fills_nothing():
     with pytest.raises(ConfigError) as info:
         config.validate(merged_settings({}))
-    assert {p.split(":")[0] for p in info.value.problems} == {"lab.runtime", "lab.box", "lab.nodes"}
+    assert {p.split(":")[0] for p in info.value.problems} == {"lab.runtime", "lab.box", "lab.nodes", "lab.cache_dir"}
     assert config.validate(fill_defaults(merged_settings({}))) == config.load({})
 
 

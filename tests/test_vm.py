@@ -20,6 +20,7 @@ pytestmark = pytest.mark.vm
 
 ROOT = Path(__file__).resolve().parent.parent
 LAB = "dslabvm"
+BAKED_BOX = "dslab/current-docker"
 UP_TIMEOUT_S = 1800
 NOOP_UP_MAX_S = 60
 MODULES = ("br_netfilter", "overlay", "ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_sh", "nf_conntrack")
@@ -42,11 +43,19 @@ class Lab:
             "INVOKE_LAB_MEMORY_MB": "1024",
             "INVOKE_LAB_CPUS": "1",
             "INVOKE_LAB_STATE_DIR": str(state_dir),
+            "INVOKE_LAB_CACHE_DIR": str(state_dir.parent / "cache"),
         }
+        self.reload()
+        self.log = state_dir.parent / "invoke.log"
+
+    def reload(self):
+        """The configuration of ``settings`` (after a test changed one)."""
         from lab import config  # noqa: PLC0415
 
-        self.cfg = config.load({k[len("INVOKE_LAB_"):].lower(): v for k, v in self.settings.items()})
-        self.log = state_dir.parent / "invoke.log"
+        self.cfg = config.load(self.plain_settings())
+
+    def plain_settings(self):
+        return {k[len("INVOKE_LAB_"):].lower(): v for k, v in self.settings.items()}
 
     def invoke(self, *args, check=True, timeout=UP_TIMEOUT_S):
         result = self.vm_env.run_in_ns([sys.executable, "-m", "invoke", *args], cwd=ROOT, env=self.settings,
@@ -85,6 +94,63 @@ class Lab:
         return [v for v in result.stdout.split() if v.startswith(destroy.box_volume_prefix(self.cfg.box))]
 
 
+PROBE_IMAGE = "dslab.test/probe:1"
+PROBE_FILE = "probe.bin"
+PROBE_DEST = f"/var/cache/dslab/{PROBE_FILE}"
+HARNESS = ROOT / "tests" / "harness"
+
+
+def newest_log(lab, kind):
+    logs = sorted((lab.state_dir / "logs").glob(f"{kind}-*.log"), key=lambda p: p.stat().st_mtime)
+    return logs[-1].read_text() if logs else ""
+
+
+class HttpsFiles:
+    """tests/harness/https_server.py in the namespace, on its loopback, serving one pinned file."""
+
+    def __init__(self, vm_env, directory: Path):
+        import hashlib  # noqa: PLC0415
+        import os  # noqa: PLC0415
+
+        self.vm_env, self.dir = vm_env, directory
+        (directory / "files").mkdir(parents=True)
+        data = os.urandom(1 << 20)
+        (directory / "files" / PROBE_FILE).write_bytes(data)
+        self.sha256 = hashlib.sha256(data).hexdigest()
+        self.proc = subprocess.Popen(vm_env.ns.wrap([sys.executable, str(HARNESS / "https_server.py"), str(directory)]),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while not (directory / "port").exists():
+            assert self.proc.poll() is None and time.monotonic() < deadline, self.proc.stderr.read()
+            time.sleep(0.2)
+        self.url = f"https://127.0.0.1:{(directory / 'port').read_text()}/{PROBE_FILE}"
+
+    def counts(self):
+        path = self.dir / "counts.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def push(self, lab):
+        """The file on every node of ``lab`` as the steps put pinned files there; the run's log."""
+        result = self.vm_env.run_in_ns([sys.executable, str(HARNESS / "push_file.py"), json.dumps(lab.plain_settings()),
+                                        self.url, self.sha256, PROBE_DEST], cwd=ROOT, check=False, timeout=600,
+                                       env={"SSL_CERT_FILE": str(self.dir / "cert.pem"), "PYTHONPATH": str(ROOT)})
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    def close(self):
+        import os  # noqa: PLC0415
+
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def https_files(vm_env, tmp_path_factory):
+    served = HttpsFiles(vm_env, tmp_path_factory.mktemp("https"))
+    yield served
+    served.close()
+
+
 def assert_nothing_left(lab):
     assert lab.leftovers() == {"domains": [], "volumes": [], "networks": []}
     assert lab.box_volumes() == []
@@ -103,7 +169,7 @@ def test_up_until_runtime_creates_three_machines(lab):
     started = time.monotonic()
     result = lab.invoke("lab.up", "--until", "runtime")
     lab.first_up_s = time.monotonic() - started
-    for step in ("preflight", "network", "render", "machines", "prepare", "runtime"):
+    for step in ("preflight", "network", "render", "machines", "prepare", "runtime", "cache"):
         assert f"✓ {step}" in result.stderr, result.stderr
     assert "kubernetes" not in result.stderr.replace("--until", "")
     assert sorted(lab.leftovers()["domains"]) == sorted(lab.cfg.domain_name(n) for n in lab.cfg.nodes)
@@ -171,6 +237,34 @@ def test_second_up_is_a_fast_noop(lab):
     assert elapsed < NOOP_UP_MAX_S, result.stderr
     assert "prepare: already done" in result.stderr and "runtime: already done" in result.stderr
     assert lab.vm_env.run_in_ns(["virsh", "-c", lab.vm_env.uri, "list", "--uuid"]).stdout == domains_before
+
+
+def images_of(lab, node):
+    return set(lab.ssh(node, "sudo docker image ls --format '{{.Repository}}:{{.Tag}}'").split())
+
+
+def test_an_image_made_on_a_node_goes_into_the_host_cache(lab):
+    worker = lab.cfg.workers[0].name
+    lab.ssh(worker, "set -e; d=$(mktemp -d); echo probe > $d/probe; sudo tar -C $d -c . | "
+                    f"sudo docker import - {PROBE_IMAGE} >/dev/null; rm -rf $d")
+    assert PROBE_IMAGE in images_of(lab, worker)
+    result = lab.invoke("lab.up", "--until", "runtime")
+    assert "✓ cache" in result.stderr, result.stderr
+    index = json.loads((lab.cfg.cache_dir / "images" / "index.json").read_text())
+    refs = [entry["ref"] for entry in index["images"]]
+    assert refs.count(PROBE_IMAGE) == 1, refs
+    log = newest_log(lab, "up")
+    assert f"cache: {worker}: {PROBE_IMAGE} exported to the host's cache" in log, log[-3000:]
+    again = lab.invoke("lab.up", "--until", "runtime")  # kept once: nothing exported again
+    assert "exported to the host's cache" not in newest_log(lab, "up"), again.stderr
+
+
+def test_a_pinned_file_is_fetched_once_by_the_host(lab, https_files):
+    log = https_files.push(lab)
+    assert https_files.counts() == {f"/{PROBE_FILE}": 1}
+    assert f"{PROBE_FILE}: fetched" in log and log.count("copied from the host's cache") == len(lab.cfg.nodes), log
+    for node in lab.cfg.nodes:
+        assert lab.ssh(node.name, f"sha256sum {PROBE_DEST}").split()[0] == https_files.sha256
 
 
 def test_verify_network_layer_passes(lab, tmp_path):
@@ -362,7 +456,45 @@ def test_destroy_after_snapshots_leaves_no_domain_volume_or_snapshot(lab):
     for node in lab.cfg.nodes:
         kept = Path("/var/lib/libvirt/qemu/snapshot") / lab.cfg.domain_name(node)
         assert not kept.exists() or not any(kept.iterdir()), list(kept.iterdir())
-    lab.invoke("lab.up", "--until", "machines")  # the lab the next test destroys
+    started = time.monotonic()
+    lab.up_images = lab.invoke("lab.up", "--until", "images")  # the next lab, from an empty box again
+    record_time(lab, "lab.up --until images, the second lab, from the test box", time.monotonic() - started)
+
+
+def test_the_next_lab_has_the_cached_image_on_every_node_before_any_pull(lab):
+    assert "✓ images" in lab.up_images.stderr, lab.up_images.stderr
+    log = newest_log(lab, "up")
+    for node in lab.cfg.nodes:
+        assert PROBE_IMAGE in images_of(lab, node.name), node.name
+        assert f"cache: {node.name}: {PROBE_IMAGE} loaded from the host's cache" in log, log[-3000:]
+        events = lab.ssh(node.name, "sudo docker events --since 0 --until \"$(date +%s)\" --filter type=image "
+                                    "--format '{{.Action}} {{.Actor.ID}}'")
+        actions = [line.split()[0] for line in events.splitlines() if line.strip()]
+        assert "load" in actions and "pull" not in actions, events
+    loaded_at = log.index(f"{PROBE_IMAGE} loaded from the host's cache")
+    assert "=== kubernetes ===" not in log[:loaded_at] and "=== images ===" in log[:loaded_at]
+
+
+def test_the_next_lab_takes_the_pinned_file_from_the_host_cache(lab, https_files):
+    log = https_files.push(lab)
+    assert https_files.counts() == {f"/{PROBE_FILE}": 1}, "the second lab fetched the file again"
+    assert f"{PROBE_FILE}: from the cache" in log and "fetched" not in log, log
+    for node in lab.cfg.nodes:
+        assert lab.ssh(node.name, f"sha256sum {PROBE_DEST}").split()[0] == https_files.sha256
+
+
+def test_bake_makes_a_box_of_a_rehearsal_node(lab):
+    started = time.monotonic()
+    result = lab.invoke("lab.bake")
+    record_time(lab, "lab.bake of k8s-master01", time.monotonic() - started)
+    boxes = json.loads((lab.cfg.cache_dir / "boxes" / "index.json").read_text())["boxes"]
+    assert [b["name"] for b in boxes] == [BAKED_BOX], result.stderr
+    box = lab.cfg.cache_dir / "boxes" / boxes[0]["file"]
+    assert box.stat().st_size == boxes[0]["size"] > 50 << 20
+    assert "is in the host's cache" in result.stderr and "run `invoke lab.destroy`" in result.stderr
+    state = lab.vm_env.run_in_ns(["virsh", "-c", lab.vm_env.uri, "domstate",
+                                  lab.cfg.domain_name(lab.cfg.control_plane)]).stdout.strip()
+    assert state == "shut off", state
 
 
 def test_destroy_leaves_nothing(lab):
@@ -370,6 +502,40 @@ def test_destroy_leaves_nothing(lab):
     assert_nothing_left(lab)
     lab.invoke("lab.destroy")  # twice is safe
     assert_nothing_left(lab)
+
+
+def step_seconds(stderr):
+    import re  # noqa: PLC0415
+
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"✓ ([a-z-]+) \((\d+) s\)", stderr)}
+
+
+def changing_calls(log, script):
+    """The lines of ``script`` in a log that changed something (lib.sh's ``run`` and ``write_file``)."""
+    return [line for line in log.splitlines()
+            if f"dslab: {script}: + " in line or f"dslab: {script}: write " in line]
+
+
+def test_a_lab_from_the_baked_box_finds_prepare_and_runtime_done(lab):
+    lab.settings["INVOKE_LAB_BOX"] = BAKED_BOX
+    lab.reload()
+    started = time.monotonic()
+    result = lab.invoke("lab.up", "--until", "runtime")
+    record_time(lab, "lab.up --until runtime from the baked box", time.monotonic() - started)
+    log = newest_log(lab, "up")
+    for step, seconds in step_seconds(result.stderr).items():
+        record_time(lab, f"step {step} from the baked box", seconds)
+    assert "✓ prepare" in result.stderr and "✓ runtime" in result.stderr, result.stderr
+    for script in ("prepare.sh", "runtime.sh"):
+        assert "dslab: " + script in log, log[-3000:]
+        assert changing_calls(log, script) == [], changing_calls(log, script)
+    for node in lab.cfg.nodes:
+        assert PROBE_IMAGE in images_of(lab, node.name)
+        assert lab.ssh(node.name, "hostname").strip() == node.name
+        assert lab.ssh(node.name, "cat /etc/machine-id").strip(), node.name
+    ids = {lab.ssh(n.name, "cat /etc/machine-id").strip() for n in lab.cfg.nodes}
+    keys = {lab.ssh(n.name, "sudo cat /etc/ssh/ssh_host_ed25519_key.pub").split()[1] for n in lab.cfg.nodes}
+    assert len(ids) == len(keys) == len(lab.cfg.nodes), (ids, keys)
 
 
 def test_destroy_after_dot_vagrant_was_deleted(lab):

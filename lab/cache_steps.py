@@ -1,0 +1,124 @@
+"""The host's cache in ``lab.up``: what the steps call, on a step :class:`~lab.context.Context`.
+
+- :func:`push` before a node runs ``fetch.sh`` for a pinned file: the host fetches it once into the
+  cache and copies it to the file's destination, where fetch.sh finds the pinned sum and fetches
+  nothing (``DEST already there with the right sum: nothing is done``);
+- :func:`push_kubernetes_files` at the start of ``kubernetes`` (cri-dockerd, the 1.17 node tarball);
+- :func:`restore_packages` at the start of ``prepare``: the package managers keep what they
+  download, and the packages of the previous lab are put back first;
+- :func:`load_images` (a step before ``control-plane``): every cached image of the profile a node
+  lacks is loaded, so kubeadm, Calico, MetalLB, nginx and lab.verify pull nothing the cache holds;
+- :func:`export_images` (the last step): every image a node holds that the cache lacks goes into
+  it, the profile's image list is recorded for ``lab.offline``, and the kept packages are collected.
+
+Each item is one line in the run's log; bytes and rate show on a terminal only. A context with
+no ``cache`` (one made by hand, as tests do) makes every hook do nothing.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, Optional
+
+from . import cache as labcache
+from . import cache_sync
+from .nodefiles import upload_inputs
+from .private import append_private
+from .profiles import Download
+
+
+def _cache(ctx) -> Optional[labcache.Cache]:
+    return getattr(ctx, "cache", None)
+
+
+def _transfer(ctx) -> cache_sync.Transfer:
+    """The context's transfer (tests give one), else one over its ssh runner."""
+    return getattr(ctx, "transfer", None) or cache_sync.SshTransfer(ctx.runner, ctx.step or "cache")
+
+
+def _report(ctx) -> Callable[[str], None]:
+    def report(line: str) -> None:
+        if ctx.log_path is not None:
+            append_private(ctx.log_path, f"cache: {line}")
+    return report
+
+
+def _progress(ctx) -> Optional[labcache.Progress]:
+    progress = getattr(ctx, "progress", None)
+    if progress is None or not getattr(progress, "live", False):
+        return None  # a line per update would flood a log; the item's one line says it all
+    return labcache.CopyProgress(progress)
+
+
+def _on_nodes(nodes: Iterable, action: Callable) -> None:
+    nodes = list(nodes)
+    with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
+        futures = [pool.submit(action, node) for node in nodes]
+    for future in futures:
+        future.result()
+
+
+def _upload(ctx, node) -> None:
+    upload_inputs(ctx, node)
+
+
+def push(ctx, node: str, download: Download, dest: str) -> None:
+    """The pinned ``download`` at ``dest`` on ``node``, from the host's cache (fetched once into it)."""
+    if _cache(ctx) is not None:
+        cache_sync.push_download(ctx.runner, _transfer(ctx), node, _cache(ctx), download, dest, _report(ctx),
+                                 _progress(ctx))
+
+
+def push_kubernetes_files(ctx) -> None:
+    """cri-dockerd's tarball and the Kubernetes node tarball where cri-dockerd.sh and kubernetes.sh fetch them."""
+    profile = ctx.cfg.profile
+    pins = [pin for pin in (profile.cri_dockerd if ctx.cfg.runtime == "docker" and profile.needs_cri_dockerd else None,
+                            profile.kubernetes_node_archive) if pin is not None and pin.url and pin.checksum]
+
+    def on_node(node) -> None:
+        for pin in pins:
+            push(ctx, node.name, pin, cache_sync.remote_download(pin))
+    if pins and _cache(ctx) is not None:
+        _on_nodes(ctx.cfg.nodes, on_node)
+
+
+def restore_packages(ctx) -> None:
+    """On every node: the package manager keeps its downloads; the cached ones are put back."""
+    cache, transfer, report = _cache(ctx), _transfer(ctx), _report(ctx)
+    if cache is None:
+        return
+
+    def on_node(node) -> None:
+        _upload(ctx, node)
+        ctx.runner.run(node.name, cache_sync.script("cache-packages.sh", "keep"))
+        cache_sync.restore_packages(ctx.runner, transfer, node.name, cache, ctx.cfg.profile.name, report)
+    _on_nodes(ctx.cfg.nodes, on_node)
+
+
+def load_images(ctx) -> None:
+    """On every node, every cached image of the profile it lacks."""
+    cache, transfer, report, progress = _cache(ctx), _transfer(ctx), _report(ctx), _progress(ctx)
+    if cache is None:
+        return
+
+    def on_node(node) -> None:
+        _upload(ctx, node)
+        count = cache_sync.load_images(ctx.runner, transfer, node.name, cache, ctx.cfg.profile.name, ctx.cfg.runtime,
+                                       report, progress)
+        report(f"{node.name}: {count} images loaded from the host's cache")
+    _on_nodes(ctx.cfg.nodes, on_node)
+
+
+def export_images(ctx) -> None:
+    """Node by node (an image two nodes hold is copied once): images into the cache, then kept packages;
+    the images the nodes held are recorded as the profile's."""
+    cache, transfer, report, progress = _cache(ctx), _transfer(ctx), _report(ctx), _progress(ctx)
+    if cache is None:
+        return
+    held = set()
+    for node in ctx.cfg.nodes:
+        _upload(ctx, node)
+        held.update(cache_sync.export_images(ctx.runner, transfer, node.name, cache, ctx.cfg.profile.name,
+                                             ctx.cfg.runtime, report, progress))
+        cache_sync.collect_packages(ctx.runner, transfer, node.name, cache, ctx.cfg.profile.name, report)
+    cache.record_needed(ctx.cfg.profile.name, ctx.cfg.runtime, held)

@@ -1,0 +1,154 @@
+"""lab.bake (lab/bake.py) and the lab.cache / lab.bake tasks (lab/cache_tasks.py), with recording
+fakes for the nodes and Vagrant (the VM tier bakes a real node)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from invoke import Context, Exit
+
+from lab import bake, bake_tasks, cache_sync, images
+from lab import config as labconfig
+from lab.cache import Cache
+from lab.context import Result
+from lab.errors import StepError
+
+NGINX = "docker.io/library/nginx:1.30"
+PAUSE = "registry.k8s.io/pause:3.10"
+ID_A = "sha256:" + "a" * 64
+ID_B = "sha256:" + "b" * 64
+
+
+class FakeRunner:
+    """Answers the node commands bake makes; records every command."""
+
+    def __init__(self, on_node):
+        self.on_node, self.calls = dict(on_node), []
+
+    def run(self, node, command, *, input=None, timeout=None, check=True, secret=False):
+        self.calls.append((node, list(command) if not isinstance(command, str) else command))
+        if command == cache_sync.script("cache-images.sh", "list"):
+            rows = [json.dumps({"Repository": ref.rsplit(":", 1)[0], "Tag": ref.rsplit(":", 1)[1], "ID": digest,
+                                "Digest": "<none>"}) for ref, digest in self.on_node.items()]
+            return Result(0, "\n".join(rows) + "\n")
+        if list(command[:3]) == cache_sync.script("cache-images.sh", "load")[:3] and "load" in command:
+            self.on_node[command[-1]] = "sha256:" + "c" * 64
+        return Result(0)
+
+
+class FakeTransfer(cache_sync.Transfer):
+    def __init__(self):
+        super().__init__(lambda node, line: ["false"])
+        self.sent = []
+
+    def send(self, node, local, remote, progress=None):
+        self.sent.append((node, Path(local).read_bytes(), remote))
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    return labconfig.load({"state_dir": str(tmp_path / "lab")})
+
+
+@pytest.fixture
+def cache(tmp_path):
+    store = Cache(tmp_path / "cache")
+    (tmp_path / "t.tar").write_bytes(b"pause image")
+    store.add_image(PAUSE, ID_B, tmp_path / "t.tar", producer="docker", profile="current")
+    (tmp_path / "n.tar").write_bytes(b"nginx image")
+    store.add_image(NGINX, ID_A, tmp_path / "n.tar", producer="docker", profile="current")
+    return store
+
+
+def test_box_name_and_package_command(cfg):
+    assert bake.box_name(cfg) == "dslab/current-docker"
+    assert bake.package_command("k8s-master01", Path("/c/tmp/package.box")) == [
+        "vagrant", "package", "k8s-master01", "--output", "/c/tmp/package.box"]
+
+
+def test_bake_loads_cleans_packages_and_keeps_the_box(tmp_path, cfg, cache):
+    runner, transfer, steps = FakeRunner({NGINX: ID_A}), FakeTransfer(), []
+
+    def vagrant(cfg_, command, log):
+        steps.append(("vagrant", command))
+        if command[1] == "package":
+            Path(command[-1]).write_bytes(b"the packaged box")
+
+    entry = bake.bake(cfg, cache, runner, transfer, out=tmp_path / "out.box", upload=lambda n: steps.append(("upload", n.name)),
+                      report=lambda line: steps.append(("report", line)), wait=lambda c, n: steps.append(("wait", n.name)),
+                      vagrant=vagrant, has_box=lambda name: name == "dslab/current-docker")
+    node = "k8s-master01"
+    # the image the node lacks goes over and is loaded; the one it has does not
+    assert transfer.sent == [(node, b"pause image", images.remote_path(cache.lookup(PAUSE)))]
+    assert (node, cache_sync.script("cache-images.sh", "load", images.remote_path(cache.lookup(PAUSE)), PAUSE)) in runner.calls
+    assert runner.calls[-1] == (node, cache_sync.script("bake-clean.sh", "--poweroff"))
+    kinds = [s[0] for s in steps if s[0] != "report"]
+    assert kinds == ["upload", "wait", "vagrant", "vagrant"]
+    # Vagrant never looks again at the URL of an unversioned box it has: an earlier bake's copy goes
+    removal = steps.index(("vagrant", ["vagrant", "box", "remove", "dslab/current-docker", "--all", "--force"]))
+    assert steps[removal + 1] == ("report", "box dslab/current-docker: the earlier bake removed from Vagrant's box store")
+    package = next(s[1] for s in steps if s[0] == "vagrant")
+    assert package[:4] == ["vagrant", "package", node, "--output"]
+    assert Path(package[-1]).parent.parent == cache.root / "tmp" and not Path(package[-1]).parent.exists()
+    assert entry.name == "dslab/current-docker" and entry.profile == "current" and entry.runtime == "docker"
+    assert cache.box_path(entry).read_bytes() == b"the packaged box" == (tmp_path / "out.box").read_bytes()
+    assert cache.box_path(entry).name == "dslab+current-docker.box"
+
+
+def test_a_failed_package_keeps_no_box(tmp_path, cfg, cache):
+    def vagrant(cfg_, command, log):
+        Path(command[-1]).write_bytes(b"half")
+        raise StepError("bake", "`vagrant package` exited 1: no space")
+
+    with pytest.raises(StepError, match="exited 1"):
+        bake.bake(cfg, cache, FakeRunner({}), FakeTransfer(), upload=lambda n: None, report=lambda line: None,
+                  wait=lambda c, n: None, vagrant=vagrant)
+    assert cache.boxes() == [] and not list((cache.root / "tmp").iterdir())
+
+
+def test_run_vagrant_in_the_lab_directory(tmp_path, cfg, monkeypatch):
+    fake = tmp_path / "bin" / "vagrant"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\npwd > "$OUT.cwd"; printf "%s " "$@" > "$OUT.args"\n'
+                    '[ "$1" = package ] && echo "==> k8s-master01: Packaging" && exit 0\n'
+                    'echo "The box file already exists" >&2; exit 1\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("OUT", str(tmp_path / "o"))
+    cfg.state_dir.mkdir(parents=True)
+    log = tmp_path / "bake.log"
+    bake.run_vagrant(cfg, ["vagrant", "package", "k8s-master01", "--output", "/x.box"], log)
+    assert (tmp_path / "o.cwd").read_text().strip() == str(cfg.state_dir)
+    assert (tmp_path / "o.args").read_text() == "package k8s-master01 --output /x.box "
+    assert "Packaging" in log.read_text()
+    with pytest.raises(StepError) as err:
+        bake.run_vagrant(cfg, ["vagrant", "box", "add"], log)
+    assert "The box file already exists" in str(err.value)
+
+
+def test_out_that_is_a_directory_is_refused_first(tmp_path, cfg, cache):
+    runner = FakeRunner({})
+    with pytest.raises(StepError, match="is not a file"):
+        bake.bake(cfg, cache, runner, FakeTransfer(), out=tmp_path, upload=lambda n: None, report=lambda line: None,
+                  wait=lambda c, n: None, vagrant=lambda *a: None)
+    assert runner.calls == []
+
+
+# --------------------------------------------------------------------------- the task
+
+
+def test_bake_task_refuses_an_unknown_node_and_an_unprepared_lab(tmp_path):
+    c = Context(config={"lab": {"state_dir": str(tmp_path / "lab"), "cache_dir": str(tmp_path / "cache")}})
+    with pytest.raises(Exit) as err:
+        bake_tasks.bake(c, node="k8s-nope")
+    assert err.value.code == 2 and "k8s-master01" in err.value.message and "\n" not in err.value.message
+    with pytest.raises(Exit) as err:
+        bake_tasks.bake(c)
+    assert err.value.code == 1 and "lab.up --until kubernetes" in err.value.message
+    with pytest.raises(Exit) as err:
+        bake_tasks.bake(c, out=" ")
+    assert err.value.code == 2 and "--out" in err.value.message
+    assert not (tmp_path / "lab").exists() and not (tmp_path / "cache").exists()
