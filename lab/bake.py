@@ -88,6 +88,8 @@ def bake(cfg, cache: Cache, runner, transfer: cache_sync.Transfer, *, node=None,
         raise StepError("bake", f"lab.bake --out: {out} is not a file; give the path of the box to write")
     action(f"cached images of profile {cfg.profile.name} on {node.name}")
     upload(node)
+    # The node's kept packages go into the cache first: the cleaning removes them from the box.
+    cache_sync.collect_packages(runner, transfer, node.name, cache, cfg.profile.name, report)
     loaded = cache_sync.load_images(runner, transfer, node.name, cache, cfg.profile.name, cfg.runtime, report, progress)
     report(f"{node.name}: {loaded} cached images loaded; cleaning it for the box")
     action(f"cleaning {node.name} and powering it off")

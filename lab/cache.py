@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import urlsplit
 
-from .cache_entries import (INDEX_VERSION, BoxEntry, EntriesMixin, ImageEntry, Progress,  # noqa: F401 - re-exported
+from .cache_entries import (IMAGE_REF, INDEX_VERSION, BoxEntry, EntriesMixin, ImageEntry, Progress,  # noqa: F401 - re-exported
                             Report, Source)
 from .errors import LabError
 from .profiles import Download, Profile
@@ -293,7 +293,8 @@ class Cache(EntriesMixin):
             entry = kind(**data)
             if not all(isinstance(getattr(entry, k), t) for k, t in (("file", str), ("size", int), ("sha256", str))):
                 raise TypeError(data)
-            if "/" in entry.file or entry.file.startswith("."):
+            if "/" in entry.file or entry.file.startswith(".") or (
+                    isinstance(entry, ImageEntry) and not IMAGE_REF.fullmatch(str(entry.ref))):
                 raise TypeError(data)
             return entry
         except (TypeError, AttributeError):

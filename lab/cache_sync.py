@@ -176,11 +176,16 @@ def load_images(runner, transfer: Transfer, node: str, cache: Cache, profile: st
     return len(wanted)
 
 
+def kept_packages(runner, node: str) -> List[List[str]]:
+    """(os id, path below the package manager's cache, size) of every package ``node`` kept."""
+    rows = [line.split() for line in runner.run(node, script("cache-packages.sh", "list")).stdout.splitlines()]
+    return [r for r in rows if len(r) == 3 and r[0] in PACKAGE_BASES and PACKAGE_PATH.fullmatch(r[1])
+            and ".." not in r[1].split("/") and r[2].isdigit()]
+
+
 def collect_packages(runner, transfer: Transfer, node: str, cache: Cache, profile: str, report: Report) -> int:
     """Copy the packages ``node`` kept into the cache and record them as ``profile``'s collection."""
-    rows = [line.split() for line in runner.run(node, script("cache-packages.sh", "list")).stdout.splitlines()]
-    rows = [r for r in rows if len(r) == 3 and r[0] in PACKAGE_BASES and PACKAGE_PATH.fullmatch(r[1])
-            and ".." not in r[1].split("/") and r[2].isdigit()]
+    rows = kept_packages(runner, node)
     added = 0
     for os_id, rel, size in rows:
         if not cache.package_path(os_id, rel).is_file():
@@ -197,6 +202,9 @@ def restore_packages(runner, transfer: Transfer, node: str, cache: Cache, profil
     """Put the cached packages of ``profile`` for ``node``'s OS where its package manager finds them."""
     os_id = runner.run(node, script("cache-packages.sh", "os")).stdout.strip()
     rels = cache.packages(profile).get(os_id, []) if os_id in PACKAGE_BASES else []
+    if rels:  # what the node keeps already (a baked box, a second run) is not sent again
+        there = {(row[1], int(row[2])) for row in kept_packages(runner, node) if row[0] == os_id}
+        rels = [(rel, size) for rel, size in rels if (rel, size) not in there]
     for rel, _ in rels:
         transfer.send(node, cache.package_path(os_id, rel), f"{REMOTE_PACKAGES}/{rel}")
     if rels:

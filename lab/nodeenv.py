@@ -39,7 +39,7 @@ READS = {
     "cri-dockerd.sh": ("CRI_DOCKERD_SHA256", "CRI_DOCKERD_URL", "RUNTIME"),
     "kubernetes.sh": ("KUBERNETES_ARCHIVE_SUM", "KUBERNETES_ARCHIVE_URL", "KUBERNETES_MINOR", "KUBERNETES_REPO_BASE",
                       "KUBERNETES_SOURCE", "KUBERNETES_VERSION"),
-    "control-plane.sh": ("KUBEADM_CONFIG",),
+    "control-plane.sh": ("KUBEADM_CONFIG", "RUNTIME"),
     "join.sh": ("KUBEADM_JOIN_CONFIG",),
     "fetch.sh": (),
     "load-images.sh": (),

@@ -2,7 +2,9 @@
 # control-plane.sh [ENV_FILE]: kubeadm init on the control-plane node, once.
 #
 # The kubeadm configuration is rendered by the lab and uploaded to KUBEADM_CONFIG first.
-# Images are pulled before init, as the recipe advises on a weak network.
+# Images are pulled before init, as the recipe advises on a weak network, unless every image
+# kubeadm lists is on the node already (loaded from the host's cache, or baked into the box):
+# `kubeadm config images pull` would ask the registry again for each.
 #
 # Done means INIT_DONE, written only after `kubeadm init` exited 0. admin.conf alone means
 # nothing: kubeadm writes it in its kubeconfig phase, before wait-control-plane,
@@ -11,7 +13,7 @@
 # initialised again. (A node the lab initialised before the marker existed gets its marker
 # from the lab, which recorded that init's success.)
 #
-# Reads: KUBEADM_CONFIG (default /opt/dslab/kubeadm-config.yaml), CRI_SOCKET
+# Reads: KUBEADM_CONFIG (default /opt/dslab/kubeadm-config.yaml), CRI_SOCKET, RUNTIME
 set -euo pipefail
 # shellcheck source=provision/lib.sh
 . "${DSLAB_LIB:-$(dirname "${BASH_SOURCE[0]}")/lib.sh}"
@@ -27,6 +29,28 @@ init_traces() {
     [[ -e $DSLAB_ROOT$f ]] && return 0
   done
   return 1
+}
+
+# image_present REF: the runtime has the image REF (Docker's store, or containerd's k8s.io namespace).
+image_present() {
+  case "${RUNTIME:-docker}" in
+    docker) docker image inspect "$1" >/dev/null 2>&1 ;;
+    containerd) ctr -n k8s.io images ls -q 2>/dev/null | grep -xF -- "$1" >/dev/null ;;
+    *) return 1 ;;
+  esac
+}
+
+# missing_images CONFIG: the images kubeadm lists for CONFIG that the node lacks, one a line
+# (every one of them when kubeadm cannot list them: then the pull says why).
+missing_images() {
+  local listed ref
+  if ! listed=$(kubeadm config images list --config "$1" 2>/dev/null) || [[ -z $listed ]]; then
+    echo "(kubeadm config images list gave no list)"
+    return 0
+  fi
+  while read -r ref; do
+    [[ -z $ref ]] || image_present "$ref" || printf '%s\n' "$ref"
+  done <<<"$listed"
 }
 
 main() {
@@ -47,7 +71,11 @@ main() {
     done
   fi
   step "kubeadm images pull"
-  run kubeadm config images pull --config "$config"
+  if [[ -z $(missing_images "$config") ]]; then
+    log "every image kubeadm needs is on the node: nothing to pull"
+  else
+    run kubeadm config images pull --config "$config"
+  fi
   step "kubeadm init"
   run kubeadm init --config "$config"
   mark_done "$INIT_DONE"

@@ -32,8 +32,8 @@ fetch_main() {
   fi
   mkdir -p "$(dirname "$dest")"
   tmp=$(mktemp "$dest.part.XXXXXX")
-  # shellcheck disable=SC2064
-  trap "rm -f '$tmp'" EXIT
+  FETCH_TMP=$tmp
+  trap 'rm -f -- "$FETCH_TMP"' EXIT
   for source in "${urls[@]}"; do
     log "+ curl $source"
     # A stalled transfer (under 1 KiB/s for two minutes) fails, so the next URL is tried;

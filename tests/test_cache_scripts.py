@@ -116,10 +116,17 @@ elif cmd == "kubeadm" and "reset" in args:
             path.unlink()
 elif cmd == "systemctl":
     units = state.setdefault("enabled", [])
+    active = state.setdefault("active", [])
     if args[:2] == ["is-enabled", "--quiet"]:
         rc = 0 if args[2] in units else 1
+    elif args[:2] == ["is-active", "--quiet"]:
+        rc = 0 if args[2] in active else 3
     elif args[:1] == ["enable"]:
         units.append(args[1])
+    elif args[:1] == ["stop"]:
+        active.remove(args[1])
+        if args[1] == "systemd-random-seed.service":  # its ExecStop saves a new seed
+            (ROOT / "var/lib/systemd/random-seed").write_text("saved at stop")
 elif cmd == "nmcli":
     if args[:2] == ["-g", "GENERAL.CON-UUID"]:
         print(state.get("nm_uuid", ""))
@@ -358,18 +365,29 @@ GONE = ["etc/kubernetes/admin.conf", "etc/kubernetes/pki/ca.key", "etc/kubernete
         "home/vagrant/.bash_history"]
 EMPTIED = ["etc/machine-id", "var/log/messages", "var/log/audit/audit.log"]
 FAMILY_GONE = {
-    "el9": ["var/lib/NetworkManager/internal-0123-eth0.lease", "var/lib/dbus/machine-id"],
-    "el7": ["var/lib/dhclient/dhclient--eth0.lease", "var/lib/dbus/machine-id"],
+    "el9": ["var/lib/NetworkManager/internal-0123-eth0.lease", "var/lib/dbus/machine-id",
+            "var/cache/dnf/docker-ce-stable-0123456789abcdef/packages/docker-ce-29.1.3-1.el9.x86_64.rpm",
+            "var/cache/dnf/baseos-fedcba9876543210/packages/ipset-7.11-11.el9.x86_64.rpm"],
+    "el7": ["var/lib/dhclient/dhclient--eth0.lease", "var/lib/dbus/machine-id", "var/lib/yum/uuid",
+            "var/cache/yum/x86_64/7/base/packages/ipset-7.1-1.el7.x86_64.rpm"],
     "debian": ["var/lib/dhcp/dhclient.eth0.leases", "etc/network/interfaces.d/dslab-ipv6-eth1",
-               "var/lib/cloud/instances/i-1/obj.pkl"],
+               "var/lib/cloud/instances/i-1/obj.pkl", "var/cache/apt/archives/ipset_7.17-1_amd64.deb"],
+}
+#: Package manager files that are not kept packages: they stay.
+FAMILY_KEEP = {
+    "el9": ["var/cache/dnf/baseos-fedcba9876543210/repodata/repomd.xml"],
+    "el7": ["var/cache/yum/x86_64/7/base/repomd.xml"],
+    "debian": ["var/cache/apt/archives/lock", "var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_InRelease"],
 }
 
 
 def baked_node(tmp_path, family):
     node = Node(tmp_path, family)
-    for rel in KEEP + GONE + EMPTIED + FAMILY_GONE[family]:
+    for rel in KEEP + GONE + EMPTIED + FAMILY_GONE[family] + FAMILY_KEEP[family]:
         node.write(rel, f"of this lab: {rel}\n")
     node.write("etc/hostname", "k8s-master01\n")
+    node.write("var/lib/systemd/random-seed", "the seed every node made from the box would credit")
+    node.save({**node.state(), "active": ["systemd-random-seed.service"]})
     if family == "debian":
         (node.root / "var/lib/dbus").mkdir(parents=True)
         (node.root / "var/lib/dbus/machine-id").symlink_to("/etc/machine-id")
@@ -389,13 +407,14 @@ def test_bake_clean_leaves_nothing_of_the_lab_then_changes_nothing(tmp_path, fam
     if family == "el9":
         expected.append(["nmcli", "connection", "modify", NM_UUID, "ipv6.method", "auto", "ipv6.addresses", "",
                          "ipv6.gateway", ""])
+    expected.append(["systemctl", "stop", "systemd-random-seed.service"])
     if family == "debian":
         expected.append(["cloud-init", "clean", "--logs"])
     expected.append(["systemctl", "enable", "dslab-ssh-host-keys.service"])
     assert changing(node.calls()) == expected
-    for rel in GONE + FAMILY_GONE[family]:
+    for rel in GONE + FAMILY_GONE[family] + ["var/lib/systemd/random-seed"]:
         assert not (node.root / rel).exists(), rel
-    for rel in KEEP:
+    for rel in KEEP + FAMILY_KEEP[family]:
         assert (node.root / rel).read_text() == f"of this lab: {rel}\n", rel
     for rel in EMPTIED:
         assert (node.root / rel).read_bytes() == b"", rel
@@ -419,7 +438,8 @@ def test_bake_clean_powers_off_last_when_asked(tmp_path):
     node.run("bake-clean.sh", "--poweroff")
     calls = node.calls()
     assert calls[-2:] == [["sync"], ["systemctl", "--no-block", "poweroff"]]
-    assert [c[0] for c in changing(calls)] == ["kubeadm", "nmcli", "systemctl", "systemctl"]
+    assert [c[:2] for c in changing(calls)] == [["kubeadm", "reset"], ["nmcli", "connection"], ["systemctl", "stop"],
+                                                ["systemctl", "enable"], ["systemctl", "--no-block"]]
 
 
 def test_bake_clean_without_kubeadm_state_resets_nothing(tmp_path):
@@ -465,5 +485,7 @@ def test_packages_collected_then_put_back_on_a_new_node(tmp_path):
     assert cache_sync.restore_packages(ScriptRunner(target), transfer(target), "b", cache, "current", lines.append) == 1
     assert (target.root / "var/cache/dnf" / rel).read_text() == "ipvsadm rpm"
     assert lines[-1] == "b: 1 packages put back from the host's cache"
+    # a node that keeps them already (a second run, a baked box) is sent none
+    assert cache_sync.restore_packages(ScriptRunner(target), transfer(target), "b", cache, "current", lines.append) == 0
     other = Node(tmp_path / "c", "debian")  # another OS gets none of them
     assert cache_sync.restore_packages(ScriptRunner(other), transfer(other), "c", cache, "current", lines.append) == 0

@@ -811,6 +811,14 @@ def test_fetch_mismatch_names_url_and_sums(fetch_node):
     assert list((node.root / "var/cache/dslab").iterdir()) == []  # no partial file left
 
 
+def test_a_failed_fetch_removes_its_partial_file_and_runs_nothing_of_its_name(fetch_node):
+    node, payload = fetch_node
+    dest = "/var/cache/dslab/x';echo INJECTED >&2;'.bin"
+    result = node.run("fetch.sh", {}, "https://example.invalid/payload.bin", "0" * 64, dest, check=False)
+    assert result.returncode != 0 and "INJECTED" not in result.stderr.splitlines(), result.stderr
+    assert list((node.root / "var/cache/dslab").iterdir()) == []
+
+
 def test_fetch_rejects_missing_sum(fetch_node):
     node, _ = fetch_node
     result = node.run("fetch.sh", {}, "https://example.invalid/payload.bin", "", "/tmp/x", check=False)

@@ -386,14 +386,27 @@ def _write_all(paths):
         (ROOT / rel).write_text(f"fake {rel}\n")
 
 
+#: The images ``kubeadm config images list`` names, unless ``state["kubeadm_images"]`` lists others.
+KUBEADM_IMAGES = ("registry.k8s.io/kube-apiserver:v1.36.0", "registry.k8s.io/etcd:3.6.5-0", "registry.k8s.io/pause:3.10.1")
+
+
 def cmd_kubeadm(state, args):
-    if args[:1] == ["init"]:
+    if args[:3] == ["config", "images", "list"]:
+        print("\n".join(state.get("kubeadm_images", KUBEADM_IMAGES)))
+    elif args[:1] == ["init"]:
         _write_all(KUBEADM_INIT_FILES)
     elif args[:1] == ["join"]:
         _write_all(KUBEADM_JOIN_FILES)
     elif args[:1] == ["reset"]:
         for rel in {*KUBEADM_INIT_FILES, *KUBEADM_JOIN_FILES, "etc/kubernetes/bootstrap-kubelet.conf"}:
             (ROOT / rel).unlink(missing_ok=True)
+
+
+def cmd_docker(state, args):
+    """``docker image inspect REF...``: exit 0 when every REF is in ``state["images"]``."""
+    if args[:2] == ["image", "inspect"]:
+        return 0 if all(ref in state.get("images", []) for ref in args[2:]) else 1
+    return 0
 
 
 def cmd_kubectl(state, args):
