@@ -71,6 +71,15 @@ class NodeRunner:
     def put_tree(self, node, local_dir, remote_dir):
         return self._runner().put_tree(node, local_dir, remote_dir)
 
+    @property
+    def ssh_config(self) -> Path:
+        """The ssh config the runner logs in with (streams of the host's cache use it too)."""
+        return self._runner().ssh_config
+
+    def control_path(self) -> str:
+        """The ssh control socket of the runner's connections (:meth:`lab.remote.SshRunner.control_path`)."""
+        return self._runner().control_path()
+
 
 def open_context(cfg: LabConfig, kind: str, progress: Optional[Progress] = None,
                  steps: Sequence[str] = ()) -> Context:

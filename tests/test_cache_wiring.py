@@ -263,3 +263,15 @@ def test_a_baked_box_in_the_cache_is_what_the_vagrantfile_boots(tmp_path):
     # A box of the user's own (a URL given) is not the cache's.
     own = dataclasses.replace(cfg, box_url="https://boxes.example/mine.box")
     assert 'config.vm.box_url = "https://boxes.example/mine.box"' in render.vagrantfile(own)
+
+
+def test_the_cache_streams_over_the_runs_own_ssh_connections(tmp_path):
+    from lab import cache_sync  # noqa: PLC0415
+
+    cfg = config.load({"state_dir": str(tmp_path / "lab"), "cache_dir": str(tmp_path / "c")})
+    ctx = pipeline.open_context(cfg, "up")
+    ctx.layout.ssh_config.write_text("Host k8s-master01\n  HostName 192.168.200.11\n")
+    argv = cache_sync.SshTransfer(ctx.runner).argv_for("k8s-master01", "cat -- /x")
+    assert argv[:3] == ["ssh", "-F", str(ctx.layout.ssh_config)]
+    assert f"ControlPath={ctx.runner.control_path()}" in argv
+    assert argv[-5:] == ["k8s-master01", "sudo", "bash", "-c", "'cat -- /x'"]
