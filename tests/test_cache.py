@@ -9,18 +9,17 @@ read-only tmpfs in a private mount namespace (root only; the suite runs as root)
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import os
 import shutil
-import ssl
 import subprocess
 import sys
 import textwrap
-import threading
 from pathlib import Path
 
 import pytest
+
+from harness.https_server import Server
 
 from lab import cache as labcache
 from lab import cache_prune
@@ -32,60 +31,12 @@ DIGEST_A = "sha256:" + "a" * 64
 DIGEST_B = "sha256:" + "b" * 64
 
 
-class Server:
-    """An https server on 127.0.0.1 serving ``routes`` (path -> bytes, or ("redirect", url)),
-    counting the requests per path."""
-
-    def __init__(self, tmp: Path):
-        if shutil.which("openssl") is None:
-            pytest.skip("openssl is needed to make the test server's certificate")
-        self.cert, key = tmp / "cert.pem", tmp / "key.pem"
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
-                        "-out", str(self.cert), "-days", "1", "-subj", "/CN=127.0.0.1",
-                        "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
-        self.routes, self.counts = {}, {}
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 - http.server's name
-                server.counts[self.path] = server.counts.get(self.path, 0) + 1
-                route = server.routes.get(self.path)
-                if route is None:
-                    self.send_error(404)
-                elif isinstance(route, tuple):
-                    self.send_response(302)
-                    self.send_header("Location", route[1])
-                    self.end_headers()
-                else:
-                    self.send_response(200)
-                    self.send_header("Content-Length", str(len(route)))
-                    self.end_headers()
-                    self.wfile.write(route)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.cert, key)
-        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def url(self, path: str) -> str:
-        return f"https://127.0.0.1:{self.httpd.server_address[1]}{path}"
-
-    def client(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.cert))
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def server(tmp_path):
-    srv = Server(tmp_path)
+    try:
+        srv = Server(tmp_path).start()
+    except FileNotFoundError:
+        pytest.skip("openssl is needed to make the test server's certificate")
     yield srv
     srv.close()
 
