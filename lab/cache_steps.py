@@ -27,6 +27,7 @@ from .private import append_private
 from .profiles import Download
 
 
+
 def _cache(ctx) -> Optional[labcache.Cache]:
     return getattr(ctx, "cache", None)
 
@@ -62,11 +63,17 @@ def _upload(ctx, node) -> None:
     upload_inputs(ctx, node)
 
 
+def _tell(ctx, text: str) -> None:
+    """Add ``text`` to what the running step says on its ``✓`` line."""
+    if hasattr(ctx, "summary"):
+        ctx.summary = f"{ctx.summary}; {text}" if ctx.summary else text
+
+
 def push(ctx, node: str, download: Download, dest: str) -> None:
     """The pinned ``download`` at ``dest`` on ``node``, from the host's cache (fetched once into it)."""
-    if _cache(ctx) is not None:
-        cache_sync.push_download(ctx.runner, _transfer(ctx), node, _cache(ctx), download, dest, _report(ctx),
-                                 _progress(ctx))
+    if _cache(ctx) is not None and cache_sync.push_download(ctx.runner, _transfer(ctx), node, _cache(ctx), download,
+                                                            dest, _report(ctx), _progress(ctx)):
+        _tell(ctx, f"{labcache.download_name(download)} to {node} from the host's cache")
 
 
 def push_kubernetes_files(ctx) -> None:
@@ -91,8 +98,11 @@ def restore_packages(ctx) -> None:
     def on_node(node) -> None:
         _upload(ctx, node)
         ctx.runner.run(node.name, cache_sync.script("cache-packages.sh", "keep"))
-        cache_sync.restore_packages(ctx.runner, transfer, node.name, cache, ctx.cfg.profile.name, report)
+        counts.append(cache_sync.restore_packages(ctx.runner, transfer, node.name, cache, ctx.cfg.profile.name, report))
+    counts: list = []
     _on_nodes(ctx.cfg.nodes, on_node)
+    if sum(counts):
+        _tell(ctx, f"{sum(counts)} packages put back from the host's cache")
 
 
 def load_images(ctx) -> None:
@@ -106,7 +116,12 @@ def load_images(ctx) -> None:
         count = cache_sync.load_images(ctx.runner, transfer, node.name, cache, ctx.cfg.profile.name, ctx.cfg.runtime,
                                        report, progress)
         report(f"{node.name}: {count} images loaded from the host's cache")
+        counts.append(count)
+    counts: list = []
     _on_nodes(ctx.cfg.nodes, on_node)
+    cached = len(cache.images(ctx.cfg.profile.name))
+    _tell(ctx, f"{sum(counts)} images loaded from the host's cache" if sum(counts) else
+          f"every one of the {cached} cached images is on the nodes" if cached else "the host's cache has no image yet")
 
 
 def export_images(ctx) -> None:
@@ -115,10 +130,13 @@ def export_images(ctx) -> None:
     cache, transfer, report, progress = _cache(ctx), _transfer(ctx), _report(ctx), _progress(ctx)
     if cache is None:
         return
-    held = set()
+    held, before, packages = set(), len(cache.images()), 0
     for node in ctx.cfg.nodes:
         _upload(ctx, node)
         held.update(cache_sync.export_images(ctx.runner, transfer, node.name, cache, ctx.cfg.profile.name,
                                              ctx.cfg.runtime, report, progress))
-        cache_sync.collect_packages(ctx.runner, transfer, node.name, cache, ctx.cfg.profile.name, report)
+        packages += cache_sync.collect_packages(ctx.runner, transfer, node.name, cache, ctx.cfg.profile.name, report)
     cache.record_needed(ctx.cfg.profile.name, ctx.cfg.runtime, held)
+    images = len(cache.images()) - before
+    _tell(ctx, f"{images} images and {packages} packages added to the host's cache" if images or packages
+          else "the host's cache had everything already")

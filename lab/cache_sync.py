@@ -122,15 +122,17 @@ def remote_download(download: Download) -> str:
 
 
 def push_download(runner, transfer: Transfer, node: str, cache: Cache, download: Download, dest: str,
-                  report: Report, progress: Optional[Progress] = None) -> None:
-    """Put the host's cached copy of ``download`` at ``dest`` on ``node`` unless one with the pinned sum is there."""
+                  report: Report, progress: Optional[Progress] = None) -> bool:
+    """Put the host's cached copy of ``download`` at ``dest`` on ``node`` unless one with the pinned sum is
+    there; True when it was copied."""
     algo = "sha256sum" if download.sha256 else "sha512sum"
     have = runner.run(node, f"{algo} -- {shlex.quote(dest)} 2>/dev/null | cut -d' ' -f1", check=False).stdout.strip()
     if have == download.checksum.lower():
-        return
+        return False
     path = cache.ensure(download, progress=progress, report=report)
     transfer.send(node, path, dest, progress)
     report(f"{node}: {download_name(download)} copied from the host's cache ({mib(path.stat().st_size)})")
+    return True
 
 
 def node_image_list(runner, node: str, runtime: str) -> List[node_images.NodeImage]:

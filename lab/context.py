@@ -154,7 +154,8 @@ class Context:
     ``runner`` runs commands on the nodes (None where no node is reached); ``log_path`` is the
     run's log; ``progress`` its status lines; ``steps`` the names of the steps the run goes
     through and ``step`` the one running now; ``cache`` the host's cache (a
-    :class:`lab.cache.Cache`) the steps take pinned files and images from, None where none is used.
+    :class:`lab.cache.Cache`) the steps take pinned files and images from, None where none is used;
+    ``summary`` what the running step has to say on its ``✓`` line (what it took from the cache).
     """
 
     cfg: LabConfig
@@ -165,6 +166,7 @@ class Context:
     steps: Tuple[str, ...] = ()
     step: str = ""
     cache: Optional[Any] = None
+    summary: str = ""
 
     @property
     def state_dir(self) -> Path:

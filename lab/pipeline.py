@@ -296,7 +296,7 @@ def run_step(ctx: Context, step: Step) -> None:
     :class:`~lab.errors.StepError` with the log's path."""
     progress = ctx.progress
     progress.start(step.name)
-    ctx.step = step.name
+    ctx.step, ctx.summary = step.name, ""
     ctx.log(f"=== {step.name} ===")
     try:
         step.run(ctx)
@@ -318,7 +318,7 @@ def run_step(ctx: Context, step: Step) -> None:
         raise StepError(step.name, reason, ctx.log_path) from exc
     finally:
         ctx.step = ""
-    progress.done()
+    progress.done(f"{step.name}: {ctx.summary}" if ctx.summary else None)
 
 
 def _dry_run(cfg: LabConfig, chosen: Sequence[Step], progress: Progress, alive: Callable[[Context], bool]) -> None:

@@ -275,3 +275,24 @@ def test_the_cache_streams_over_the_runs_own_ssh_connections(tmp_path):
     assert argv[:3] == ["ssh", "-F", str(ctx.layout.ssh_config)]
     assert f"ControlPath={ctx.runner.control_path()}" in argv
     assert argv[-5:] == ["k8s-master01", "sudo", "bash", "-c", "'cat -- /x'"]
+
+
+def test_a_step_says_on_its_line_what_it_took_from_the_cache(tmp_path):
+    import io  # noqa: PLC0415
+
+    from lab.progress import Progress  # noqa: PLC0415
+
+    stream = io.StringIO()
+    cfg = config.load({"state_dir": str(tmp_path / "lab"), "cache_dir": str(tmp_path / "c")})
+    ctx = pipeline.open_context(cfg, "up", Progress(stream, env={}, animate=False))
+
+    def loads(ctx):
+        cache_steps._tell(ctx, "6 images loaded from the host's cache")
+        cache_steps._tell(ctx, "calico.yaml to k8s-master01 from the host's cache")
+
+    pipeline.run_step(ctx, pipeline.Step("images", "", loads))
+    pipeline.run_step(ctx, pipeline.Step("render", "", lambda ctx: None))
+    lines = stream.getvalue().splitlines()
+    assert "✓ images: 6 images loaded from the host's cache; calico.yaml to k8s-master01 from the host's cache (0 s)" \
+        in lines, lines
+    assert "✓ render (0 s)" in lines, lines

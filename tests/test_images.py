@@ -327,7 +327,7 @@ def step_context(tmp_path, runner):
     cfg = labconfig.load({"state_dir": str(tmp_path / "lab")})
     object.__setattr__(cfg, "cache_dir", tmp_path / "cache")  # as the wired settings give it
     return SimpleNamespace(cfg=cfg, runner=runner, log_path=tmp_path / "up.log", progress=None, step="images",
-                           transfer=local_transfer(runner.root), cache=Cache(tmp_path / "cache"))
+                           transfer=local_transfer(runner.root), cache=Cache(tmp_path / "cache"), summary="")
 
 
 def test_export_then_load_across_two_labs(tmp_path):
@@ -341,12 +341,18 @@ def test_export_then_load_across_two_labs(tmp_path):
     assert len(exports) == 2  # three nodes hold both images: each is copied once
     log = (tmp_path / "up.log").read_text()
     assert f"cache: k8s-master01: {PAUSE} exported to the host's cache" in log
+    assert ctx.summary == "2 images and 0 packages added to the host's cache"
+    cache_steps.export_images(ctx := step_context(tmp_path, first))
+    assert ctx.summary == "the host's cache had everything already"
     # the next lab: every node gets both, before any pull
     second = StepRunner(tmp_path / "node2", {})
     ctx = step_context(tmp_path, second)
     cache_steps.load_images(ctx)
     loads = [c for c in second.calls if c[:4] == cache_sync.script("cache-images.sh", "load")]
     assert len(loads) == 2 * len(ctx.cfg.nodes)
+    assert ctx.summary == f"{2 * len(ctx.cfg.nodes)} images loaded from the host's cache"
+    cache_steps.load_images(ctx := step_context(tmp_path, second))
+    assert ctx.summary == "every one of the 2 cached images is on the nodes"
     assert {("k8s-worker01", "/opt/dslab/provision")} <= set(second.uploads)
 
 
