@@ -8,9 +8,12 @@ downloads its root volume through libvirt, runs ``virt-sysprep`` on it when that
 (operations ``defaults,-ssh-userdir,-ssh-hostkeys,-customize``; without it nothing is run, which
 is why the node cleans itself), ``virt-sparsify`` likewise, and writes ``box.img``,
 ``metadata.json`` and a ``Vagrantfile``. Vagrant's Package middleware (lib/vagrant/action/
-general/package.rb, 2.3.4) then adds the machine's generated ssh key as ``vagrant_private_key``
-with a Vagrantfile line pointing at it, as it does for every packaged box: labs made from the
-box log in with that key, as others do with Vagrant's insecure key. ``--base`` is VirtualBox's.
+general/package.rb, 2.3.4, ``setup_private_key``) would add the machine's generated ssh key as
+``vagrant_private_key``, one key every lab made from the box (on every laptop a bundle reaches)
+would accept: the key is removed before packaging, and the node's vagrant user accepts Vagrant's
+insecure public key only, which a new lab replaces with a key of its own, as with any public box.
+A lab booting a baked box ignores the box's Vagrantfile (``config.vm.ignore_box_vagrantfile``):
+what a bundle brings is never run as Ruby on the host. ``--base`` is VirtualBox's.
 
 The box goes into the cache's ``boxes/`` as ``dslab/<profile>-<runtime>`` (and to ``--out``).
 """
@@ -32,7 +35,32 @@ from .cache_offline import vagrant_has_box
 from .errors import StepError
 
 SHUTOFF_TIMEOUT_S = 300
+#: Where a Vagrant installation keeps its insecure public key (``keys/vagrant.pub`` of its source
+#: root): Debian's vagrant package, HashiCorp's packages (/opt/vagrant), a gem install.
+INSECURE_KEY_GLOBS = ("/usr/share/rubygems-integration/all/gems/vagrant-*/keys/vagrant.pub",
+                      "/usr/share/vagrant/keys/vagrant.pub",
+                      "/opt/vagrant/embedded/gems/gems/vagrant-*/keys/vagrant.pub",
+                      "/opt/vagrant/embedded/gems/*/gems/vagrant-*/keys/vagrant.pub",
+                      "/var/lib/gems/*/gems/vagrant-*/keys/vagrant.pub")
+#: Where bake-clean.sh reads the key the box's vagrant user is to accept.
+REMOTE_LOGIN_KEY = "/opt/dslab/login.pub"
 PACKAGE_TIMEOUT_S = 3 * 3600
+
+
+def insecure_public_key(globs=INSECURE_KEY_GLOBS) -> str:
+    """Vagrant's insecure public key, read from the Vagrant installation (the newest one found)."""
+    import glob  # noqa: PLC0415
+
+    found = sorted({path for pattern in globs for path in glob.glob(pattern)})
+    if not found:
+        raise StepError("bake", "Vagrant's insecure public key (keys/vagrant.pub of the Vagrant installation) was "
+                        "not found; install Vagrant from Debian's or HashiCorp's packages")
+    return Path(found[-1]).read_text(encoding="ascii", errors="replace")
+
+
+def generated_key(cfg, node) -> Path:
+    """The key Vagrant made for ``node`` at its first ``vagrant up`` (``.vagrant/machines/<node>/libvirt``)."""
+    return Path(cfg.state_dir) / ".vagrant" / "machines" / node.name / "libvirt" / "private_key"
 
 
 def box_name(cfg) -> str:
@@ -77,7 +105,7 @@ def wait_shutoff(cfg, node, timeout: float = SHUTOFF_TIMEOUT_S, sleep=time.sleep
 def bake(cfg, cache: Cache, runner, transfer: cache_sync.Transfer, *, node=None, out: Optional[Path] = None,
          upload: Callable[[object], None], report: Report, progress: Optional[Progress] = None,
          wait: Callable = wait_shutoff, vagrant: Callable = run_vagrant, log_path: Optional[Path] = None,
-         action: Callable[[str], None] = lambda text: None, has_box: Callable[[str], bool] = vagrant_has_box) -> BoxEntry:
+         action: Callable[[str], None] = lambda text: None, login_key: Callable[[], str] = insecure_public_key) -> BoxEntry:
     """Bake ``node`` (default: the control plane) into the cache's box of ``cfg``; return it.
 
     ``upload(node)`` puts ``provision/`` and the node's env file on it. The node is left reset and
@@ -93,8 +121,12 @@ def bake(cfg, cache: Cache, runner, transfer: cache_sync.Transfer, *, node=None,
     loaded = cache_sync.load_images(runner, transfer, node.name, cache, cfg.profile.name, cfg.runtime, report, progress)
     report(f"{node.name}: {loaded} cached images loaded; cleaning it for the box")
     action(f"cleaning {node.name} and powering it off")
+    runner.put_text(node.name, login_key(), REMOTE_LOGIN_KEY)
     runner.run(node.name, cache_sync.script("bake-clean.sh", "--poweroff"))
     wait(cfg, node)
+    # Vagrant's Package middleware puts the machine's generated key into the box (setup_private_key)
+    # when it finds one: without it, the box's vagrant user accepts Vagrant's insecure key only.
+    generated_key(cfg, node).unlink(missing_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bake-", dir=cache.directory("tmp")))
     try:
         box = work / "package.box"
@@ -107,11 +139,6 @@ def bake(cfg, cache: Cache, runner, transfer: cache_sync.Transfer, *, node=None,
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report(f"box {entry.name}: {mib(entry.size)} in {time.monotonic() - started:.0f} s, {cache.box_path(entry)}")
-    if has_box(entry.name):
-        # Vagrant keeps an unversioned box it added once and never looks at its URL again: the
-        # copy of an earlier bake would be used in place of this one.
-        vagrant(cfg, ["vagrant", "box", "remove", entry.name, "--all", "--force"], log_path)
-        report(f"box {entry.name}: the earlier bake removed from Vagrant's box store")
     if out is not None:
         _copy_out(cache.box_path(entry), out)
         report(f"box {entry.name} written to {out}")
@@ -132,3 +159,44 @@ def _copy_out(source: Path, out: Path) -> None:
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         raise StepError("bake", f"lab.bake --out: cannot write {out} ({exc.strerror}); the box stays in the cache") from None
+
+
+# ------------------------------------------------------------------ the box in Vagrant's store
+
+def _vagrant_home(environ) -> str:
+    return os.path.abspath(environ.get("VAGRANT_HOME") or os.path.expanduser("~/.vagrant.d"))
+
+
+def _added_path(cache: Cache) -> Path:
+    return cache.root / "boxes" / "vagrant.json"
+
+
+def store_is_stale(cache: Cache, entry: BoxEntry, environ=os.environ, has_box: Callable[..., bool] = vagrant_has_box) -> bool:
+    """True when Vagrant's box store holds a box of ``entry``'s name that is not the cache's bytes.
+
+    Vagrant adds an unversioned box from its URL once and never looks at the URL again
+    (lib/vagrant/action/builtin/handle_box.rb, 2.3.4): after a new bake, or a bundle with a newer
+    box imported, its store would keep booting the old one. The cache records which sum it
+    handed to each Vagrant home (``boxes/vagrant.json``)."""
+    if not has_box(entry.name, environ):
+        return False
+    added = cache.read_index(_added_path(cache), {"version": 1, "homes": {}})
+    return added["homes"].get(_vagrant_home(environ), {}).get(entry.name) != entry.sha256
+
+
+def remember_in_store(cache: Cache, entry: BoxEntry, environ=os.environ) -> None:
+    """Record that the Vagrant home of ``environ`` holds ``entry`` as the cache has it."""
+    with cache.locked():
+        added = cache.read_index(_added_path(cache), {"version": 1, "homes": {}})
+        added["homes"].setdefault(_vagrant_home(environ), {})[entry.name] = entry.sha256
+        cache.write_index(_added_path(cache), added)
+
+
+def refresh_store(cfg, cache: Cache, entry: BoxEntry, log_path: Optional[Path], vagrant: Callable = run_vagrant,
+                  environ=os.environ, has_box: Callable[..., bool] = vagrant_has_box) -> bool:
+    """Remove a stale copy of the baked box from Vagrant's store, so ``vagrant up`` adds the cache's; True if removed."""
+    if not store_is_stale(cache, entry, environ, has_box):
+        return False
+    vagrant(cfg, ["vagrant", "box", "remove", entry.name, "--all", "--force"], log_path)
+    return True
+

@@ -150,11 +150,11 @@ def export_images(runner, transfer: Transfer, node: str, cache: Cache, profile: 
     on_node = node_image_list(runner, node, runtime)
     for image in node_images.to_export(on_node, cache, runtime):
         spool = f"{node_images.REMOTE_SPOOL}/export-{hashlib.sha256(repr(image).encode()).hexdigest()[:16]}.tar"
-        out = runner.run(node, script("cache-images.sh", "export", image.ref, spool)).stdout.split()
-        if len(out) < 2 or not out[-1].isdigit():
-            raise StepError("cache", f"{node}: exporting {image.ref} reported no sum and size")
-        sha256, size = out[-2], int(out[-1])
         try:
+            out = runner.run(node, script("cache-images.sh", "export", image.ref, spool)).stdout.split()
+            if len(out) < 2 or not out[-1].isdigit():
+                raise StepError("cache", f"{node}: exporting {image.ref} reported no sum and size")
+            sha256, size = out[-2], int(out[-1])
             with transfer.receive(node, spool) as stream:
                 cache.add_image(image.ref, image.digest, stream, producer=runtime, profile=profile,
                                 sha256=sha256, size=size, progress=progress)

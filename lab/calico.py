@@ -101,6 +101,9 @@ def env_settings(cfg: LabConfig) -> List[Tuple[str, str, Optional[str]]]:
         ("CALICO_IPV6POOL_CIDR", str(cfg.pod_subnets[1]), "CALICO_IPV4POOL_CIDR"),
         ("CALICO_IPV6POOL_NAT_OUTGOING", "true", "CALICO_IPV6POOL_CIDR"),
         ("FELIX_IPV6SUPPORT", "true", None),
+        # Felix reports usage to projectcalico.org daily unless told not to (felix/config/config_params.go,
+        # UsageReportingEnabled, default true, 3.11 and 3.31): a lab makes no call it was not asked for.
+        ("FELIX_USAGEREPORTINGENABLED", "false", "FELIX_IPV6SUPPORT"),
     ]
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
-from . import cache, cache_steps, cluster, layout, machines, network, nodeenv, preflight, profiles, render, statedir, workloads
+from . import bake, cache, cache_steps, cluster, layout, machines, network, nodeenv, preflight, profiles, render, statedir, workloads
 from .config import LabConfig
 from .context import Context, DryState, State
 from .errors import LabError, StepError
@@ -127,8 +127,14 @@ def _machines(ctx: Context) -> None:
     if len(running) < len(cfg.nodes) or not where.ssh_config.exists():
         # New or restarted machines: what later steps did may be gone with them.
         forget_steps(ctx.state)
+        baked = render.baked_box(cfg)
+        store = ctx.cache or cache.for_config(cfg)
+        if baked is not None and bake.refresh_store(cfg, store, baked, ctx.log_path):
+            ctx.log(f"box {baked.name}: Vagrant's copy is not the cache's; removed, so vagrant adds the cache's")
         ctx.progress.action(f"vagrant up of {len(cfg.nodes)} machines ({len(running)} running)")
         machines.up(cfg, ctx.log_path)
+        if baked is not None:
+            bake.remember_in_store(store, baked)
         ctx.progress.action("vagrant ssh-config")
         machines.ssh_config(cfg, ctx.log_path)
         ctx.state.set("vagrantfile_applied", vagrantfile)
@@ -138,7 +144,15 @@ def _machines(ctx: Context) -> None:
 
 
 def _keep(ctx: Context) -> None:
-    cache_steps.export_images(ctx)
+    """What the nodes got, kept in the host's cache. Keeping is for the next lab: a failure here
+    (a full disk, a node that cannot save an image) is a warning, and this lab stays up."""
+    try:
+        cache_steps.export_images(ctx)
+    except LabError as exc:
+        ctx.log(f"cache: not kept: {exc}")
+        ctx.progress.warn(f"cache: the host's cache did not keep what this lab got ({exc}); the lab is as it was, "
+                          "the next lab downloads it again")
+        ctx.summary = "not kept (see the warning)"
 
 
 STEPS: List[Step] = [

@@ -99,6 +99,7 @@ def vagrantfile(cfg: LabConfig, lab_id: Optional[str] = None) -> str:
         box=cfg.box,
         box_url=url,
         box_sha256=sha256,
+        baked_box=baked_box(cfg) is not None,
         boot_timeout=BOOT_TIMEOUT_S,
         libvirt_uri=cfg.libvirt_uri,
         libvirt_driver=cfg.libvirt_driver,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import time
 
 from . import cache_steps, nodeenv, profiles, waits
@@ -40,6 +41,23 @@ STATE_PREFIX = "workloads.applied."
 _clock = time.monotonic
 _sleep = time.sleep
 POLL_SECONDS = 5
+
+
+#: A container's pull policy that asks the registry at every start.
+PULL_ALWAYS = re.compile(r"(?m)^([ \t]*(?:- )?)imagePullPolicy: Always[ \t]*$")
+
+
+def _pull_if_not_present(ctx: Context, node: str, dest: str) -> str:
+    """The manifest at ``dest`` as applied: MetalLB 0.9's pulls its images at every pod start
+    (``imagePullPolicy: Always``, manifests/metallb.yaml v0.9.8), which a loaded image (the host's
+    cache) or a lab without the internet cannot serve; its copy with ``IfNotPresent`` is applied then."""
+    text = ctx.runner.run(node, ["cat", dest]).stdout
+    edited = PULL_ALWAYS.sub(r"\1imagePullPolicy: IfNotPresent", text)
+    if edited == text:
+        return dest
+    local = (dest[:-len(".yaml")] if dest.endswith(".yaml") else dest) + ".if-not-present.yaml"
+    ctx.runner.put_text(node, edited, local)
+    return local
 
 
 def _refuse_unpinned(ctx: Context, step: str) -> None:
@@ -103,7 +121,7 @@ def deploy_metallb(ctx: Context) -> None:
             dest = _remote_path(cfg, pin.url)
             cache_steps.push(ctx, node, pin, dest)
             ctx.runner.run(node, ["bash", FETCH, *pin.fetch_args(dest)])
-            ctx.kubectl(["apply", "-f", dest], timeout=300)
+            ctx.kubectl(["apply", "-f", _pull_if_not_present(ctx, node, dest)], timeout=300)
         ctx.state.set(STATE_PREFIX + "metallb-install", install)
 
     if cfg.profile.legacy_metallb:

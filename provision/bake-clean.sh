@@ -183,6 +183,27 @@ logs_and_history() {
   done
 }
 
+# The vagrant user's authorized_keys hold only LOGIN_KEY, Vagrant's insecure public key (put there
+# by lab.bake from the Vagrant installation): a lab made from the box logs in with Vagrant's
+# insecure key and replaces it with a key of its own (config.ssh.insert_key), as with any public
+# box. No key of this lab stays in the box, and lab.bake packages none with it.
+LOGIN_KEY=/opt/dslab/login.pub
+AUTHORIZED=/home/vagrant/.ssh/authorized_keys
+
+login_key() {
+  step "login key"
+  [[ -s $DSLAB_ROOT$LOGIN_KEY ]] || die "$LOGIN_KEY is missing: lab.bake puts Vagrant's insecure public key there"
+  # every line a public key: no option (command=...), nothing else
+  if grep -vqE '^(ssh-(rsa|ed25519)|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/=]+( [A-Za-z0-9@._ -]*)?$' \
+    "$DSLAB_ROOT$LOGIN_KEY"; then
+    die "$LOGIN_KEY is not an ssh public key (one key a line, no options)"
+  fi
+  [[ -d $DSLAB_ROOT$(dirname "$AUTHORIZED") ]] || die "$(dirname "$AUTHORIZED") is missing: the box has no vagrant user"
+  if write_file "$AUTHORIZED" 0600 <"$DSLAB_ROOT$LOGIN_KEY"; then
+    run chown --reference="$DSLAB_ROOT$(dirname "$AUTHORIZED")" "$DSLAB_ROOT$AUTHORIZED"
+  fi
+}
+
 main() {
   local family poweroff=0
   load_env "${1:-}"
@@ -191,6 +212,7 @@ main() {
   family=$(os_family)
   cluster_state
   node_identity "$family"
+  login_key
   lab_files
   machine_identity
   kept_packages

@@ -38,6 +38,9 @@ class FakeRunner:
             self.on_node[command[-1]] = "sha256:" + "c" * 64
         return Result(0)
 
+    def put_text(self, node, text, remote, mode="0644", secret=False):
+        self.calls.append((node, ["put", remote, text]))
+
 
 class FakeTransfer(cache_sync.Transfer):
     def __init__(self):
@@ -77,19 +80,31 @@ def test_bake_loads_cleans_packages_and_keeps_the_box(tmp_path, cfg, cache):
         if command[1] == "package":
             Path(command[-1]).write_bytes(b"the packaged box")
 
+    key = bake.generated_key(cfg, cfg.control_plane)
+    key.parent.mkdir(parents=True)
+    key.write_text("the lab's generated private key")
+    seen = []
+
+    def wait(cfg_, node_):
+        seen.append(key.exists())
+        steps.append(("wait", node_.name))
+
     entry = bake.bake(cfg, cache, runner, transfer, out=tmp_path / "out.box", upload=lambda n: steps.append(("upload", n.name)),
-                      report=lambda line: steps.append(("report", line)), wait=lambda c, n: steps.append(("wait", n.name)),
-                      vagrant=vagrant, has_box=lambda name: name == "dslab/current-docker")
+                      report=lambda line: steps.append(("report", line)), wait=wait,
+                      vagrant=vagrant,
+                      login_key=lambda: "ssh-rsa AAAA vagrant insecure public key\n")
     node = "k8s-master01"
+    # the box's vagrant user accepts Vagrant's insecure key only; the lab's generated key is not packaged
+    clean = runner.calls.index((node, cache_sync.script("bake-clean.sh", "--poweroff")))
+    assert runner.calls[clean - 1] == (node, ["put", bake.REMOTE_LOGIN_KEY, "ssh-rsa AAAA vagrant insecure public key\n"])
+    assert seen == [True] and not key.exists()
     # the image the node lacks goes over and is loaded; the one it has does not
     assert transfer.sent == [(node, b"pause image", images.remote_path(cache.lookup(PAUSE)))]
     assert (node, cache_sync.script("cache-images.sh", "load", images.remote_path(cache.lookup(PAUSE)), PAUSE)) in runner.calls
     assert runner.calls[-1] == (node, cache_sync.script("bake-clean.sh", "--poweroff"))
+    assert not [c for c in runner.calls if "vagrant_private_key" in str(c)]
     kinds = [s[0] for s in steps if s[0] != "report"]
-    assert kinds == ["upload", "wait", "vagrant", "vagrant"]
-    # Vagrant never looks again at the URL of an unversioned box it has: an earlier bake's copy goes
-    removal = steps.index(("vagrant", ["vagrant", "box", "remove", "dslab/current-docker", "--all", "--force"]))
-    assert steps[removal + 1] == ("report", "box dslab/current-docker: the earlier bake removed from Vagrant's box store")
+    assert kinds == ["upload", "wait", "vagrant"]
     package = next(s[1] for s in steps if s[0] == "vagrant")
     assert package[:4] == ["vagrant", "package", node, "--output"]
     assert Path(package[-1]).parent.parent == cache.root / "tmp" and not Path(package[-1]).parent.exists()
@@ -105,7 +120,7 @@ def test_a_failed_package_keeps_no_box(tmp_path, cfg, cache):
 
     with pytest.raises(StepError, match="exited 1"):
         bake.bake(cfg, cache, FakeRunner({}), FakeTransfer(), upload=lambda n: None, report=lambda line: None,
-                  wait=lambda c, n: None, vagrant=vagrant)
+                  wait=lambda c, n: None, vagrant=vagrant, login_key=lambda: "ssh-rsa AAAA k\n")
     assert cache.boxes() == [] and not list((cache.root / "tmp").iterdir())
 
 
@@ -152,3 +167,41 @@ def test_bake_task_refuses_an_unknown_node_and_an_unprepared_lab(tmp_path):
         bake_tasks.bake(c, out=" ")
     assert err.value.code == 2 and "--out" in err.value.message
     assert not (tmp_path / "lab").exists() and not (tmp_path / "cache").exists()
+
+
+def test_the_insecure_key_is_read_from_the_vagrant_installation(tmp_path):
+    newer = tmp_path / "gems" / "vagrant-2.3.4" / "keys"
+    older = tmp_path / "gems" / "vagrant-2.2.19" / "keys"
+    for where, text in ((newer, "ssh-rsa NEW vagrant insecure public key\n"), (older, "ssh-rsa OLD\n")):
+        where.mkdir(parents=True)
+        (where / "vagrant.pub").write_text(text)
+    assert bake.insecure_public_key((str(tmp_path / "gems" / "vagrant-*" / "keys" / "vagrant.pub"),)).startswith(
+        "ssh-rsa NEW")
+    with pytest.raises(StepError, match="insecure public key"):
+        bake.insecure_public_key((str(tmp_path / "none" / "*.pub"),))
+    if Path("/usr/share/rubygems-integration/all/gems").is_dir():  # Debian's vagrant, as CI installs it
+        assert bake.insecure_public_key().startswith("ssh-rsa ")
+
+
+def test_a_stale_copy_in_vagrants_store_is_removed_before_the_next_up(tmp_path, cfg, cache):
+    (tmp_path / "b1").write_bytes(b"first bake")
+    first = cache.add_box("dslab/current-docker", tmp_path / "b1", profile="current", runtime="docker")
+    env = {"VAGRANT_HOME": str(tmp_path / "vagrant.d")}
+    calls = []
+
+    def vagrant(cfg_, command, log):
+        calls.append(command)
+
+    def refresh(entry, in_store=True):
+        return bake.refresh_store(cfg, cache, entry, None, vagrant=vagrant, environ=env,
+                                  has_box=lambda name, environ: in_store)
+    assert refresh(first, in_store=False) is False  # not in the store: vagrant up adds it
+    bake.remember_in_store(cache, first, environ=env)
+    assert refresh(first) is False and calls == []  # the store holds the cache's bytes
+    (tmp_path / "b2").write_bytes(b"second bake")
+    second = cache.add_box("dslab/current-docker", tmp_path / "b2", profile="current", runtime="docker")
+    assert refresh(second) is True
+    assert calls == [["vagrant", "box", "remove", "dslab/current-docker", "--all", "--force"]]
+    other_home = {"VAGRANT_HOME": str(tmp_path / "other.d")}
+    bake.remember_in_store(cache, second, environ=env)
+    assert bake.store_is_stale(cache, second, environ=other_home, has_box=lambda name, environ: True)

@@ -22,7 +22,7 @@ PROVISION = REPO / "provision"
 SCRIPTS = ["cache-images.sh", "cache-packages.sh", "bake-clean.sh"]
 REAL_TOOLS = ["bash", "env", "cat", "awk", "sed", "grep", "cut", "tr", "wc", "mktemp", "mkdir", "install", "cmp",
               "rm", "mv", "chmod", "basename", "dirname", "sha256sum", "sort", "find", "head", "tail", "date", "ls",
-              "touch"]
+              "touch", "chown"]
 STUBBED = ["docker", "ctr", "kubeadm", "systemctl", "nmcli", "ip", "cloud-init", "sync"]
 NGINX_ID = "sha256:" + "1" * 64
 CALICO_DIGEST = "sha256:" + "2" * 64
@@ -381,8 +381,18 @@ FAMILY_KEEP = {
 }
 
 
+INSECURE_KEY = "ssh-rsa AAAAB3NzaC1yc2EAAAABIwAAAQEA6NF8iallvQVp22WDkTkyrtvp9eWW6A8YVr vagrant insecure public key\n"
+LAB_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOfThisLabsOwnKeyOfThisLabsOwnKey vagrant\n"
+
+
+def login_files(node):
+    node.write("opt/dslab/login.pub", INSECURE_KEY)
+    node.write("home/vagrant/.ssh/authorized_keys", LAB_KEY)
+
+
 def baked_node(tmp_path, family):
     node = Node(tmp_path, family)
+    login_files(node)
     for rel in KEEP + GONE + EMPTIED + FAMILY_GONE[family] + FAMILY_KEEP[family]:
         node.write(rel, f"of this lab: {rel}\n")
     node.write("etc/hostname", "k8s-master01\n")
@@ -421,6 +431,8 @@ def test_bake_clean_leaves_nothing_of_the_lab_then_changes_nothing(tmp_path, fam
     for rel in ("etc/kubernetes", "var/lib/kubelet", "etc/cni/net.d"):
         assert (node.root / rel).is_dir() and not any((node.root / rel).iterdir()), rel
     assert (node.root / "etc/hostname").read_text() == "localhost\n"
+    assert (node.root / "home/vagrant/.ssh/authorized_keys").read_text() == INSECURE_KEY
+    assert oct((node.root / "home/vagrant/.ssh/authorized_keys").stat().st_mode & 0o777) == "0o600"
     unit = (node.root / "etc/systemd/system/dslab-ssh-host-keys.service").read_text()
     assert "ExecStart=/usr/bin/ssh-keygen -A" in unit and "Before=ssh.service sshd.service" in unit
     if family == "debian":
@@ -429,6 +441,7 @@ def test_bake_clean_leaves_nothing_of_the_lab_then_changes_nothing(tmp_path, fam
         assert (node.root / "etc/sysconfig/network-scripts/ifcfg-eth1").read_text() == \
             "DEVICE=eth1\nBOOTPROTO=dhcp\nIPV6INIT=yes\n"
     snapshot = node.snapshot()
+    node.write("opt/dslab/login.pub", INSECURE_KEY)  # lab.bake puts it there before each run
     node.run("bake-clean.sh")
     assert changing(node.calls()) == [] and node.snapshot() == snapshot
 
@@ -444,9 +457,23 @@ def test_bake_clean_powers_off_last_when_asked(tmp_path):
 
 def test_bake_clean_without_kubeadm_state_resets_nothing(tmp_path):
     node = Node(tmp_path, "debian")
+    login_files(node)
     node.write("etc/machine-id", "0123\n")
     node.run("bake-clean.sh")
     assert changing(node.calls()) == [["systemctl", "enable", "dslab-ssh-host-keys.service"]]
+
+
+@pytest.mark.parametrize("key", [None, "not a key\n", "ssh-rsa AAAA x\nssh-rsa $(reboot)\n"])
+def test_bake_clean_refuses_a_missing_or_strange_login_key_and_cleans_nothing(tmp_path, key):
+    node = baked_node(tmp_path, "debian")
+    if key is None:
+        (node.root / "opt/dslab/login.pub").unlink()
+    else:
+        node.write("opt/dslab/login.pub", key)
+    result = node.run("bake-clean.sh", check=False)
+    assert result.returncode != 0 and "login.pub" in result.stderr
+    assert (node.root / "home/vagrant/.ssh/authorized_keys").read_text() == LAB_KEY
+    assert (node.root / "opt/dslab/node.env").exists()  # the lab's files are still there: nothing half-made
 
 
 def test_package_bases_agree_with_the_script():

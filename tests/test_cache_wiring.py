@@ -254,6 +254,7 @@ def test_a_baked_box_in_the_cache_is_what_the_vagrantfile_boots(tmp_path):
     url = "file://" + urllib.parse.quote(str(store.box_path(entry)))
     assert f'config.vm.box_url = "{url}"\n' in text and "%20" in url
     assert f'config.vm.box_download_checksum = "{hashlib.sha256(b"not a real box, only its bytes").hexdigest()}"' in text
+    assert "config.vm.ignore_box_vagrantfile = true\n" in text  # a bundle's box Vagrantfile never runs here
     if shutil.which("vagrant"):
         env = dict(os.environ, VAGRANT_HOME=str(tmp_path / "vagrant.d"), VAGRANT_DEFAULT_PROVIDER="libvirt",
                    VAGRANT_CHECKPOINT_DISABLE="1")
@@ -263,6 +264,7 @@ def test_a_baked_box_in_the_cache_is_what_the_vagrantfile_boots(tmp_path):
     # A box of the user's own (a URL given) is not the cache's.
     own = dataclasses.replace(cfg, box_url="https://boxes.example/mine.box")
     assert 'config.vm.box_url = "https://boxes.example/mine.box"' in render.vagrantfile(own)
+    assert "ignore_box_vagrantfile" not in render.vagrantfile(own)
 
 
 def test_the_cache_streams_over_the_runs_own_ssh_connections(tmp_path):
@@ -296,3 +298,23 @@ def test_a_step_says_on_its_line_what_it_took_from_the_cache(tmp_path):
     assert "✓ images: 6 images loaded from the host's cache; calico.yaml to k8s-master01 from the host's cache (0 s)" \
         in lines, lines
     assert "✓ render (0 s)" in lines, lines
+
+
+def test_a_cache_that_cannot_keep_is_a_warning_and_the_lab_stays_up(tmp_path, monkeypatch):
+    import io  # noqa: PLC0415
+
+    from lab.cache import CacheError  # noqa: PLC0415
+    from lab.progress import Progress  # noqa: PLC0415
+
+    def full(ctx):
+        raise CacheError("lab.cache_dir: no space left in /c while writing images/x.tar; free space there")
+    monkeypatch.setattr(cache_steps, "export_images", full)
+    stream = io.StringIO()
+    cfg = config.load({"state_dir": str(tmp_path / "lab"), "cache_dir": str(tmp_path / "c")})
+    ctx = pipeline.open_context(cfg, "up", Progress(stream, env={}, animate=False))
+    keep = next(step for step in pipeline.STEPS if step.name == "cache")
+    pipeline.run_step(ctx, keep)  # no StepError
+    lines = stream.getvalue().splitlines()
+    assert any(line.startswith("! cache: the host's cache did not keep what this lab got (lab.cache_dir: no space")
+               for line in lines), lines
+    assert "✓ cache: not kept (see the warning) (0 s)" in lines

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import difflib
+import collections
+
 import json
 import re
 from pathlib import Path
@@ -71,6 +72,7 @@ def test_recipe_settings(profile):
     assert env["CALICO_IPV4POOL_CIDR"] == "10.244.0.0/16" == str(cfg.pod_subnets[0])
     assert env["CALICO_IPV6POOL_CIDR"] == "fd00:2::/48" == str(cfg.pod_subnets[1])
     assert env["FELIX_IPV6SUPPORT"] == "true"
+    assert "FELIX_USAGEREPORTINGENABLED" not in env_values(before) and env["FELIX_USAGEREPORTINGENABLED"] == "false"
     assert env["CALICO_IPV6POOL_NAT_OUTGOING"] == "true"  # upstream default false: no pod IPv6 egress
     if profile == "current":  # follows the kubelet's node-ip pair; cidr= would also see kube-ipvs0
         assert env["IP_AUTODETECTION_METHOD"] == "kubernetes-internal-ip"
@@ -95,10 +97,11 @@ def test_everything_else_unchanged(profile):
         if ident not in (calico.CONFIGMAP, calico.DAEMONSET):
             assert old == new, ident  # untouched documents: exact text
     # edited documents: only the recipe's lines went away, and only the recipe's lines came in
-    diff = [l for l in difflib.ndiff(text.splitlines(), out.splitlines()) if l[:2] in ("- ", "+ ")]
-    removed = [l[2:].strip() for l in diff if l.startswith("- ")]
-    added = [l[2:].strip() for l in diff if l.startswith("+ ")]
-    assert removed == ['"type": "calico-ipam"', 'value: "false"']
+    old_lines = collections.Counter(line.strip() for line in text.splitlines())
+    new_lines = collections.Counter(line.strip() for line in out.splitlines())
+    removed, added = list((old_lines - new_lines).elements()), list((new_lines - old_lines).elements())
+    # FELIX_IPV6SUPPORT's "false" became "true"; the usage reporting entry brought a "false" of its own
+    assert removed == ['"type": "calico-ipam"']
     assert sorted(added) == sorted([
         '"type": "calico-ipam",', '"assign_ipv4": "true",', '"assign_ipv6": "true"',
         "- name: IP6", 'value: "autodetect"',
@@ -107,7 +110,7 @@ def test_everything_else_unchanged(profile):
         "- name: CALICO_IPV4POOL_CIDR", 'value: "10.244.0.0/16"',
         "- name: CALICO_IPV6POOL_CIDR", 'value: "fd00:2::/48"',
         "- name: CALICO_IPV6POOL_NAT_OUTGOING", 'value: "true"',
-        'value: "true"',
+        'value: "true"', "- name: FELIX_USAGEREPORTINGENABLED",
     ])
     # parsed: every field outside the edits is equal
     before, after = objects(text), objects(out)
@@ -144,7 +147,7 @@ def test_present_pool_replaced_and_absent_settings_appended():
     env = env_values(objects(out))
     assert env["CALICO_IPV4POOL_CIDR"] == "10.244.0.0/16"
     assert env["FELIX_IPV6SUPPORT"] == "true"
-    assert [e["name"] for e in node_env(objects(out))][-1] == "FELIX_IPV6SUPPORT"
+    assert [e["name"] for e in node_env(objects(out))][-2:] == ["FELIX_IPV6SUPPORT", "FELIX_USAGEREPORTINGENABLED"]
     assert calico.edit_manifest(out, cfg) == out
 
 

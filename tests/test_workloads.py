@@ -604,7 +604,7 @@ def test_the_memberlist_secret_is_created_only_when_absent(tmp_path):
     cfg = with_pins(load("seed-2020"))
     runner = run_both(cfg, tmp_path / "a.json", secret_exists=True)
     assert ("create", "Secret/memberlist") not in runner.writes()
-    created = [c for c in run_both(cfg, tmp_path / "b.json").calls if c[1][3] == "create"]
+    created = [c for c in run_both(cfg, tmp_path / "b.json").calls if c[1][:1] == ["kubectl"] and c[1][3] == "create"]
     (call,) = created
     assert "secretkey" in call[2] and "--from-literal" not in " ".join(call[1])  # the key never on a command line
 
@@ -642,3 +642,37 @@ def test_new_machines_with_an_old_state_get_everything_again(profile, tmp_path):
     first = run_both(cfg, state).writes()
     again = run_both(cfg, state, empty_cluster=True).writes()
     assert again == first
+
+
+def test_metallb_0_9_is_applied_with_its_images_taken_as_loaded(tmp_path, fast_clock):
+    """metallb.yaml v0.9.8 sets imagePullPolicy: Always on the speaker and the controller."""
+    cfg = with_pins(load("seed-2020"))
+    upstream = ("      containers:\n      - args:\n        - --port=7472\n        image: metallb/speaker:v0.9.8\n"
+                "        imagePullPolicy: Always\n        name: speaker\n---\n"
+                "      - image: metallb/controller:v0.9.8\n        imagePullPolicy: Always\n")
+
+    class Node(FakeRunner):
+        put = {}
+
+        def run(self, node, command, **options):
+            if list(command)[:1] == ["cat"]:
+                self.calls.append((node, list(command), None))
+                return Result(0, upstream, "")
+            return super().run(node, command, **options)
+
+        def put_text(self, node, text, remote, mode="0644", secret=False):
+            self.put[remote] = text
+
+    runner = Node(cfg)
+    workloads.deploy_metallb(Context(cfg, State(tmp_path / "state.json"), runner))
+    for pin in cfg.profile.metallb_manifests:
+        dest = workloads._remote_path(cfg, pin.url)
+        local = dest[:-len(".yaml")] + ".if-not-present.yaml"
+        assert runner.put[local] == upstream.replace("imagePullPolicy: Always", "imagePullPolicy: IfNotPresent")
+        assert ("apply", local) in runner.writes() and ("apply", dest) not in runner.writes()
+    # a manifest without it (namespace.yaml, MetalLB 0.16's) is applied as fetched
+    plain = Node(cfg)
+    plain.run = lambda node, command, **o: FakeRunner.run(plain, node, command, **o)
+    workloads.deploy_metallb(Context(cfg, State(tmp_path / "plain.json"), plain))
+    assert [w for w in plain.writes() if w[0] == "apply"][:2] == [
+        ("apply", workloads._remote_path(cfg, p.url)) for p in cfg.profile.metallb_manifests]
