@@ -264,7 +264,7 @@ def test_a_pinned_file_is_fetched_once_by_the_host(lab, https_files):
     assert https_files.counts() == {f"/{PROBE_FILE}": 1}
     assert f"{PROBE_FILE}: fetched" in log and log.count("copied from the host's cache") == len(lab.cfg.nodes), log
     for node in lab.cfg.nodes:
-        assert lab.ssh(node.name, f"sha256sum {PROBE_DEST}").split()[0] == https_files.sha256
+        assert lab.ssh(node.name, f"sudo sha256sum {PROBE_DEST}").split()[0] == https_files.sha256
 
 
 def test_verify_network_layer_passes(lab, tmp_path):
@@ -480,7 +480,7 @@ def test_the_next_lab_takes_the_pinned_file_from_the_host_cache(lab, https_files
     assert https_files.counts() == {f"/{PROBE_FILE}": 1}, "the second lab fetched the file again"
     assert f"{PROBE_FILE}: from the cache" in log and "fetched" not in log, log
     for node in lab.cfg.nodes:
-        assert lab.ssh(node.name, f"sha256sum {PROBE_DEST}").split()[0] == https_files.sha256
+        assert lab.ssh(node.name, f"sudo sha256sum {PROBE_DEST}").split()[0] == https_files.sha256
 
 
 def test_bake_makes_a_box_of_a_rehearsal_node(lab):
