@@ -118,7 +118,10 @@ def bake(cfg, cache: Cache, runner, transfer: cache_sync.Transfer, *, node=None,
     upload(node)
     # The node's kept packages go into the cache first: the cleaning removes them from the box.
     cache_sync.collect_packages(runner, transfer, node.name, cache, cfg.profile.name, report)
-    loaded = cache_sync.load_images(runner, transfer, node.name, cache, cfg.profile.name, cfg.runtime, report, progress)
+    from .cache_steps import wanted_refs  # noqa: PLC0415
+
+    loaded = cache_sync.load_images(runner, transfer, node.name, cache, cfg.profile.name, cfg.runtime, report, progress,
+                                    wanted_refs(cfg, cache))
     report(f"{node.name}: {loaded} cached images loaded; cleaning it for the box")
     action(f"cleaning {node.name} and powering it off")
     runner.put_text(node.name, login_key(), REMOTE_LOGIN_KEY)

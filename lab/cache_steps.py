@@ -9,7 +9,9 @@
 - :func:`load_images` (a step before ``control-plane``): every cached image of the profile a node
   lacks is loaded, so kubeadm, Calico, MetalLB, nginx and lab.verify pull nothing the cache holds;
 - :func:`export_images` (the last step): every image a node holds that the cache lacks goes into
-  it, the profile's image list is recorded for ``lab.offline``, and the kept packages are collected.
+  it, and the kept packages are collected; after a whole lab (through ``workloads``) lab.verify's
+  client image is pulled first, and the images the nodes hold are recorded as the profile's for
+  ``lab.offline`` and for the next lab's ``images`` step, which then loads only those.
 
 Each item is one line in the run's log; bytes and rate show on a terminal only. A context with
 no ``cache`` (one made by hand, as tests do) makes every hook do nothing.
@@ -22,6 +24,8 @@ from typing import Callable, Iterable, Optional
 
 from . import cache as labcache
 from . import cache_sync
+from .cache_offline import required_images
+from .images import normalise, pull_command
 from .nodefiles import upload_inputs
 from .private import append_private
 from .profiles import Download
@@ -105,8 +109,27 @@ def restore_packages(ctx) -> None:
         _tell(ctx, f"{sum(counts)} packages put back from the host's cache")
 
 
+def wanted_refs(cfg, cache: labcache.Cache) -> Optional[list]:
+    """The images a lab of ``cfg`` uses, when the cache knows them all (a complete lab of the profile
+    and runtime recorded them), else None: then every cached image of the profile is wanted."""
+    refs, complete = required_images(cfg, cache)
+    return refs if complete else None
+
+
+def _pull_client_image(ctx, cache: labcache.Cache, report) -> None:
+    """lab.verify's client image, pulled once on the control plane when the cache lacks it (only
+    lab.verify runs it, after lab.up): the export that follows keeps it for an offline lab."""
+    ref = normalise(ctx.cfg.profile.client_image)
+    if cache.lookup(ref) is not None:
+        return
+    node = ctx.cfg.control_plane.name
+    pulled = ctx.runner.run(node, pull_command(ctx.cfg.runtime, ref), check=False, timeout=900)
+    report(f"{node}: {ref} pulled for lab.verify" if pulled.ok else
+           f"{node}: {ref} (lab.verify's client) could not be pulled: {(pulled.stderr or pulled.stdout).strip()[-200:]}")
+
+
 def load_images(ctx) -> None:
-    """On every node, every cached image of the profile it lacks."""
+    """On every node, every cached image of the profile it lacks (only those the lab uses, once known)."""
     cache, transfer, report, progress = _cache(ctx), _transfer(ctx), _report(ctx), _progress(ctx)
     if cache is None:
         return
@@ -114,10 +137,11 @@ def load_images(ctx) -> None:
     def on_node(node) -> None:
         _upload(ctx, node)
         count = cache_sync.load_images(ctx.runner, transfer, node.name, cache, ctx.cfg.profile.name, ctx.cfg.runtime,
-                                       report, progress)
+                                       report, progress, refs)
         report(f"{node.name}: {count} images loaded from the host's cache")
         counts.append(count)
     counts: list = []
+    refs = wanted_refs(ctx.cfg, cache)
     _on_nodes(ctx.cfg.nodes, on_node)
     cached = len(cache.images(ctx.cfg.profile.name))
     _tell(ctx, f"{sum(counts)} images loaded from the host's cache" if sum(counts) else
@@ -130,13 +154,17 @@ def export_images(ctx) -> None:
     cache, transfer, report, progress = _cache(ctx), _transfer(ctx), _report(ctx), _progress(ctx)
     if cache is None:
         return
+    complete = "workloads" in getattr(ctx, "steps", ())
+    if complete:
+        _pull_client_image(ctx, cache, report)
     held, before, packages = set(), len(cache.images()), 0
     for node in ctx.cfg.nodes:
         _upload(ctx, node)
         held.update(cache_sync.export_images(ctx.runner, transfer, node.name, cache, ctx.cfg.profile.name,
                                              ctx.cfg.runtime, report, progress))
         packages += cache_sync.collect_packages(ctx.runner, transfer, node.name, cache, ctx.cfg.profile.name, report)
-    cache.record_needed(ctx.cfg.profile.name, ctx.cfg.runtime, held)
+    if complete:  # what a whole lab holds: a run --until an earlier step would record too little
+        cache.record_needed(ctx.cfg.profile.name, ctx.cfg.runtime, held)
     images = len(cache.images()) - before
     _tell(ctx, f"{images} images and {packages} packages added to the host's cache" if images or packages
           else "the host's cache had everything already")

@@ -70,6 +70,15 @@ def normalise(ref: str) -> str:
     return f"{domain}/{remainder}"
 
 
+def pull_command(runtime: str, ref: str) -> List[str]:
+    """The command that pulls ``ref`` (a full reference, :func:`normalise`) into ``runtime``'s store."""
+    if not IMAGE_REF.fullmatch(ref):
+        raise ValueError(f"not an image reference: {ref!r}")
+    if runtime == "docker":
+        return ["docker", "pull", "--", ref]
+    return [*CTR, "images", "pull", "--", ref]
+
+
 def list_command(runtime: str) -> List[str]:
     """The command that lists the images of ``runtime`` with their digests."""
     if runtime == "docker":

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # prepare.sh [ENV_FILE]: what kubeadm and kube-proxy (IPVS mode) need of the node.
 #
-# Swap off for good, SELinux permissive (EL), firewalld off, kernel modules, sysctls, and
+# Swap off for good, SELinux permissive (EL), firewalld off, no background package metadata
+# refresh, kernel modules, sysctls, and
 # the tools kubeadm's preflight and kube-proxy use; the box's passwords locked and ssh
 # password login off. Every action checks first.
 #
@@ -232,6 +233,24 @@ EOF
   fi
 }
 
+# The package managers' timers refresh repository metadata in the background (dnf-makecache.timer
+# and yum-makecache.timer on EL, apt-daily and apt-daily-upgrade on Debian): a node then reaches
+# the internet only when a step installs something, and a lab from the host's cache not at all.
+PACKAGE_TIMERS=(dnf-makecache.timer yum-makecache.timer apt-daily.timer apt-daily-upgrade.timer)
+
+package_timers_off() {
+  local timer
+  step "package timers"
+  for timer in "${PACKAGE_TIMERS[@]}"; do
+    if unit_active "$timer"; then
+      run systemctl stop "$timer"
+    fi
+    if unit_enabled "$timer"; then
+      run systemctl disable "$timer"
+    fi
+  done
+}
+
 main() {
   load_env "${1:-}"
   local family
@@ -246,6 +265,7 @@ main() {
     selinux_permissive
   fi
   firewalld_off
+  package_timers_off
   if [[ $family == el7 ]]; then
     centos_vault
   fi

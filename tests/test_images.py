@@ -320,6 +320,10 @@ class StepRunner(NodeRunner):
         if command == cache_sync.script("cache-packages.sh", "os"):
             self.calls.append(command)
             return Result(0, "el9\n")
+        if list(command[:2]) == ["docker", "pull"]:  # the registry answers: the image is on the node then
+            self.calls.append(command)
+            self.images_of(node)[command[-1]] = "sha256:" + "e" * 64
+            return Result(0)
         return super().run(node, command, **kwargs)
 
 
@@ -333,10 +337,11 @@ def step_context(tmp_path, runner):
 def test_export_then_load_across_two_labs(tmp_path):
     first = StepRunner(tmp_path / "node1", {NGINX: ID_NGINX, PAUSE: ID_PAUSE})
     ctx = step_context(tmp_path, first)
-    cache_steps.export_images(ctx)
+    cache_steps.export_images(ctx)  # a run --until an early step: kept, but no record of what a lab uses
     cache = Cache(tmp_path / "cache")
     assert {e.ref for e in cache.images("current")} == {NGINX, PAUSE}
-    assert cache.needed("current", "docker") == sorted([NGINX, PAUSE])
+    assert cache.needed("current", "docker") is None
+    assert not [c for c in first.calls if list(c[:2]) == ["docker", "pull"]]
     exports = [c for c in first.calls if c[:4] == cache_sync.script("cache-images.sh", "export")]
     assert len(exports) == 2  # three nodes hold both images: each is copied once
     log = (tmp_path / "up.log").read_text()
@@ -354,6 +359,27 @@ def test_export_then_load_across_two_labs(tmp_path):
     cache_steps.load_images(ctx := step_context(tmp_path, second))
     assert ctx.summary == "every one of the 2 cached images is on the nodes"
     assert {("k8s-worker01", "/opt/dslab/provision")} <= set(second.uploads)
+
+
+def test_a_whole_lab_records_what_it_uses_and_keeps_the_verify_client(tmp_path):
+    from lab import pipeline  # noqa: PLC0415
+
+    node = StepRunner(tmp_path / "node1", {NGINX: ID_NGINX, PAUSE: ID_PAUSE})
+    ctx = step_context(tmp_path, node)
+    ctx.steps = tuple(pipeline.STEP_NAMES)
+    cache_steps.export_images(ctx)
+    cache = Cache(tmp_path / "cache")
+    client = images.normalise(ctx.cfg.profile.client_image)
+    assert [c for c in node.calls if list(c[:2]) == ["docker", "pull"]] == [["docker", "pull", "--", client]]
+    assert cache.needed("current", "docker") == sorted([NGINX, PAUSE, client]) and cache.lookup(client) is not None
+    # the next lab loads what a lab uses, not every image the profile ever had
+    (tmp_path / "old.tar").write_bytes(b"an image of an earlier lab")
+    cache.add_image("docker.io/library/old:1", "sha256:" + "9" * 64, tmp_path / "old.tar", producer="docker",
+                    profile="current")
+    second = StepRunner(tmp_path / "node2", {})
+    cache_steps.load_images(step_context(tmp_path, second))
+    loaded = {c[-1] for c in second.calls if c[:4] == cache_sync.script("cache-images.sh", "load")}
+    assert "docker.io/library/old:1" not in loaded and {NGINX, PAUSE, client} <= loaded
 
 
 def test_restore_packages_keeps_first(tmp_path):

@@ -1103,3 +1103,21 @@ def test_installed_packages_are_sourced(tmp_path):
         used[family] |= installed
     for family, names in used.items():
         assert names == sourced_packages(family), f"{family}: rows no scenario installs"
+
+
+@pytest.mark.parametrize("scenario,timers", [("el9-current-docker", ["dnf-makecache.timer"]),
+                                             ("debian-current-docker", ["apt-daily.timer", "apt-daily-upgrade.timer"])])
+def test_prepare_stops_the_package_managers_background_refresh(tmp_path, scenario, timers):
+    node, env, _ = prepare_scenario(tmp_path, scenario)
+    state = node.state()
+    for timer in timers:
+        state["services"][timer.removesuffix(".service")] = {"enabled": True, "active": True, "masked": False}
+    node.save(state)
+    node.run("prepare.sh", env)
+    calls = node.calls()
+    for timer in timers:
+        assert ["systemctl", "stop", timer] in calls and ["systemctl", "disable", timer] in calls
+        assert node.state()["services"][timer] == {"enabled": False, "active": False, "masked": False}
+    node.clear_calls()
+    node.run("prepare.sh", env)
+    assert changing(node.calls()) == []
