@@ -114,6 +114,19 @@ class EntriesMixin:
             self.write_index(self.root / "images" / "index.json", data)
         return ImageEntry(**{**entry, "profiles": tuple(profiles)})
 
+    def share_image(self, ref: str, digest: str, producer: str, profile: str) -> bool:
+        """Record the cached image ``ref`` (``digest``, made by ``producer``) for ``profile`` too (an
+        image two profiles use is kept once, and loaded and bundled for both); True when it changed."""
+        with self.locked():
+            data = self.image_index()
+            old = next((e for e in data["images"] if e["ref"] == ref and e["digest"] == digest
+                        and e["producer"] == producer), None)
+            if old is None or profile in old.get("profiles", ()):
+                return False
+            old["profiles"] = sorted({profile, *old.get("profiles", ())})
+            self.write_index(self.root / "images" / "index.json", data)
+        return True
+
     def record_needed(self, profile: str, runtime: str, refs) -> None:
         """Remember the images a lab of ``profile`` and ``runtime`` had on its nodes."""
         path = self.root / "images" / "needed.json"

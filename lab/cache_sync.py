@@ -148,6 +148,8 @@ def export_images(runner, transfer: Transfer, node: str, cache: Cache, profile: 
                   report: Report, progress: Optional[Progress] = None) -> List[str]:
     """Copy into the cache every image of ``node`` it lacks; return the node's references."""
     on_node = node_image_list(runner, node, runtime)
+    for image in on_node:  # kept already, for another profile: this one's too
+        cache.share_image(image.ref, image.digest, runtime, profile)
     for image in node_images.to_export(on_node, cache, runtime):
         spool = f"{node_images.REMOTE_SPOOL}/export-{hashlib.sha256(repr(image).encode()).hexdigest()[:16]}.tar"
         try:

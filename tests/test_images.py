@@ -417,3 +417,16 @@ def test_a_context_without_a_cache_does_nothing(tmp_path):
         hook(ctx)
     cache_steps.push(ctx, "k8s-master01", ctx.cfg.profile.calico_manifest, "/opt/dslab/calico-upstream.yaml")
     assert runner.calls == [] and runner.uploads == []
+
+
+def test_an_image_two_profiles_use_is_kept_once_for_both(tmp_path):
+    node = StepRunner(tmp_path / "node1", {NGINX: ID_NGINX})
+    ctx = step_context(tmp_path, node)
+    cache_steps.export_images(ctx)
+    seed = labconfig.load({"profile": "seed-2020", "state_dir": str(tmp_path / "lab")})
+    cache_steps.export_images(SimpleNamespace(**{**vars(step_context(tmp_path, node)), "cfg": seed}))
+    cache = Cache(tmp_path / "cache")
+    (entry,) = cache.images()
+    assert entry.profiles == ("current", "seed-2020") and [e.ref for e in cache.images("seed-2020")] == [NGINX]
+    exports = [c for c in node.calls if c[:4] == cache_sync.script("cache-images.sh", "export")]
+    assert len(exports) == 1
