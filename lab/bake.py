@@ -5,8 +5,9 @@ The node is cleaned by ``provision/bake-clean.sh`` (which powers it off), then p
 ``vagrant package <machine> --output FILE`` in the lab's Vagrant directory. vagrant-libvirt's
 package action (lib/vagrant-libvirt/action/package_domain.rb, 0.11) halts a running machine,
 downloads its root volume through libvirt, runs ``virt-sysprep`` on it when that is installed
-(operations ``defaults,-ssh-userdir,-ssh-hostkeys,-customize``; without it nothing is run, which
-is why the node cleans itself), ``virt-sparsify`` likewise, and writes ``box.img``,
+(operations ``defaults,-ssh-userdir,-ssh-hostkeys,-customize``) and ``virt-sparsify``, both in
+Ruby backticks that raise when the command is missing: where libguestfs is not installed they
+are given stand-ins that do nothing, as the node has cleaned itself (:func:`stand_ins`), and writes ``box.img``,
 ``metadata.json`` and a ``Vagrantfile``. Vagrant's Package middleware (lib/vagrant/action/
 general/package.rb, 2.3.4, ``setup_private_key``) would add the machine's generated ssh key as
 ``vagrant_private_key``, one key every lab made from the box (on every laptop a bundle reaches)
@@ -73,17 +74,38 @@ def package_command(machine: str, output: Path) -> List[str]:
     return ["vagrant", "package", machine, "--output", str(output)]
 
 
+#: What vagrant-libvirt's package action runs on the downloaded disk (package_domain.rb, 0.11.2):
+#: in Ruby backticks, so a missing command raises ENOENT and the package fails.
+GUESTFS_TOOLS = ("virt-sysprep", "virt-sparsify")
+
+
+def stand_ins(directory: Path, environ=os.environ) -> List[str]:
+    """For each of :data:`GUESTFS_TOOLS` that is not installed, a command in ``directory`` that does
+    nothing: bake-clean.sh has cleaned the node already (virt-sparsify would only make the box smaller)."""
+    missing = [tool for tool in GUESTFS_TOOLS if shutil.which(tool, path=environ.get("PATH")) is None]
+    for tool in missing:
+        stand_in = directory / tool
+        stand_in.write_text("#!/bin/sh\n# lab.bake: libguestfs is not installed; the node cleaned itself\nexit 0\n")
+        stand_in.chmod(0o755)
+    return missing
+
+
 def run_vagrant(cfg, command: List[str], log_path: Optional[Path]) -> None:
     """Run a Vagrant command in the lab's Vagrant directory, its output appended to the log."""
     from .machines import vagrant_env  # noqa: PLC0415
     from .private import append_private  # noqa: PLC0415
 
-    proc = subprocess.run(command, cwd=cfg.state_dir, env=vagrant_env(), capture_output=True, text=True,
-                          timeout=PACKAGE_TIMEOUT_S)
+    env = vagrant_env()
+    with tempfile.TemporaryDirectory(prefix="dslab-bake-") as tools:
+        if command[:2] == ["vagrant", "package"] and stand_ins(Path(tools), env):
+            env = {**env, "PATH": f"{tools}{os.pathsep}{env.get('PATH', os.defpath)}"}
+        proc = subprocess.run(command, cwd=cfg.state_dir, env=env, capture_output=True, text=True,
+                              timeout=PACKAGE_TIMEOUT_S)
     if log_path is not None:
         append_private(log_path, f"$ {' '.join(command)}\n{proc.stdout}{proc.stderr}exit {proc.returncode}")
     if proc.returncode != 0:
-        said = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()[-1]
+        # the first line: Vagrant's own message, or the exception of a Ruby backtrace
+        said = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()[0]
         raise StepError("bake", f"`{' '.join(command)}` exited {proc.returncode}: {said}", log_path)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from invoke import Exit, task
 
-from .errors import LabError
+from .errors import LabError, StepError
 from .taskbase import EXIT_CONFIG, EXIT_FAILED, _fail, _load
 
 #: The steps a node must have been through to be baked; ``kubernetes`` is baked in when it is done too.
@@ -49,11 +49,17 @@ def bake(c, out=None, node=None):
             if "kubernetes" not in done:
                 progress.warn(f"lab.bake: {target.name} has not been through kubernetes: the box has what prepare "
                               "and runtime installed, and a lab made from it installs Kubernetes itself")
-            with progress.step("bake"):
+            progress.start("bake")
+            try:
                 entry = lab_bake.bake(cfg, ctx.cache, ctx.runner, cache_sync.SshTransfer(ctx.runner, "bake"),
                                       node=target, out=Path(out) if out else None,
-                                      upload=lambda n: upload_inputs(ctx, n), report=ctx.log, progress=CopyProgress(progress),
-                                      log_path=ctx.log_path, action=progress.action)
+                                      upload=lambda n: upload_inputs(ctx, n), report=ctx.log,
+                                      progress=CopyProgress(progress), log_path=ctx.log_path, action=progress.action)
+            except LabError as exc:
+                reason = exc.reason if isinstance(exc, StepError) else str(exc)
+                progress.fail(f"bake: {reason} (log: {ctx.log_path})")
+                raise Exit(code=EXIT_FAILED) from None
+            progress.done(f"bake: box {entry.name}, {entry.size / (1 << 20):.0f} MiB")
     except LabError as exc:
         raise _fail(exc) from None
     print(f"box {entry.name} is in the host's cache ({ctx.cache.box_path(entry)}); a lab with lab.box: {entry.name} "

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from . import lbplan
+from . import layout, lbplan
 from .errors import ConfigError
 from .parse import (Problems, read_address, read_bool, read_int, read_network, read_pair, read_range, reserved,
                     text_problem)
@@ -246,13 +246,10 @@ def _check_cache(problems, raw):
     if isinstance(state_dir, str) and state_dir.strip():
         state = Path(os.path.realpath(state_dir_path(state_dir)))
         real = Path(os.path.realpath(path))
-        if real == state or state in real.parents:
-            problems.add("cache_dir", f"{shown(cache_dir)} is inside lab.state_dir ({state}), which lab.destroy "
-                                      "removes; give a directory outside it, or leave lab.cache_dir unset")
-            return None, offline
-        if real in state.parents:
-            problems.add("cache_dir", f"{shown(cache_dir)} holds lab.state_dir ({state}); give a directory of its "
-                                      "own, or leave lab.cache_dir unset")
+        removed = [state / entry.pattern for entry in layout.ENTRIES if entry.removal in ("tree", "sockets")]
+        if real == state or any(real == tree or tree in real.parents for tree in removed):
+            problems.add("cache_dir", f"{shown(cache_dir)} is lab.state_dir ({state}) or a folder of it that "
+                                      "lab.destroy removes; give a directory of its own, or leave lab.cache_dir unset")
             return None, offline
     return path, offline
 

@@ -176,8 +176,9 @@ def test_offline_reads_yes_and_no(value, expected):
 @pytest.mark.parametrize("settings,line", [
     ({"offline": "maybe"}, "lab.offline: 'maybe' is not true or false; set true or false"),
     ({"cache_dir": ""}, "lab.cache_dir: must be a non-empty path"),
-    ({"cache_dir": "{state}/cache"}, "is inside lab.state_dir"),
-    ({"cache_dir": "{tmp}"}, "holds lab.state_dir"),
+    ({"cache_dir": "{state}"}, "is lab.state_dir"),
+    ({"cache_dir": "{state}/.vagrant/cache"}, "or a folder of it that lab.destroy removes"),
+    ({"cache_dir": "{state}/ssh"}, "or a folder of it that lab.destroy removes"),
     ({"cache_dir": "{tmp}/file/cache"}, "which is a file; give a directory path"),
 ])
 def test_cache_settings_refused_in_one_line(tmp_path, settings, line):
@@ -187,7 +188,18 @@ def test_cache_settings_refused_in_one_line(tmp_path, settings, line):
     with pytest.raises(config.ConfigError) as err:
         config.load({"state_dir": str(state), **raw})
     assert len(err.value.problems) == 1 and line in err.value.problems[0], err.value.problems
-    assert not state.exists() and not (tmp_path / "lab" / "cache").exists()
+    assert not state.exists()
+
+
+def test_a_cache_in_a_folder_of_the_state_dir_that_destroy_keeps_is_taken(tmp_path):
+    from lab import statedir  # noqa: PLC0415
+
+    cfg = config.load({"state_dir": str(tmp_path / "lab"), "cache_dir": str(tmp_path / "lab" / "cache")})
+    pipeline.open_context(cfg, "up")
+    (cfg.cache_dir / "files").mkdir(parents=True)
+    (cfg.cache_dir / "files" / "kept").write_text("a cached file")
+    statedir.remove_state(cfg.state_dir)
+    assert (cfg.cache_dir / "files" / "kept").read_text() == "a cached file"
 
 
 def test_a_cache_dir_that_cannot_be_written_is_refused(tmp_path):
