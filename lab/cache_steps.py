@@ -157,12 +157,20 @@ def export_images(ctx) -> None:
     complete = "workloads" in getattr(ctx, "steps", ())
     if complete:
         _pull_client_image(ctx, cache, report)
+    listed = {}
+
+    def list_node(node) -> None:  # every node at once: the copies then go node by node
+        _upload(ctx, node)
+        listed[node.name] = (cache_sync.node_image_list(ctx.runner, node.name, ctx.cfg.runtime),
+                             cache_sync.kept_packages(ctx.runner, node.name))
+    _on_nodes(ctx.cfg.nodes, list_node)
     held, before, packages = set(), len(cache.images()), 0
     for node in ctx.cfg.nodes:
-        _upload(ctx, node)
+        on_node, kept = listed[node.name]
         held.update(cache_sync.export_images(ctx.runner, transfer, node.name, cache, ctx.cfg.profile.name,
-                                             ctx.cfg.runtime, report, progress))
-        packages += cache_sync.collect_packages(ctx.runner, transfer, node.name, cache, ctx.cfg.profile.name, report)
+                                             ctx.cfg.runtime, report, progress, on_node=on_node))
+        packages += cache_sync.collect_packages(ctx.runner, transfer, node.name, cache, ctx.cfg.profile.name, report,
+                                                rows=kept)
     if complete:  # what a whole lab holds: a run --until an earlier step would record too little
         cache.record_needed(ctx.cfg.profile.name, ctx.cfg.runtime, held)
     images = len(cache.images()) - before

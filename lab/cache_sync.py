@@ -145,9 +145,11 @@ def node_image_list(runner, node: str, runtime: str) -> List[node_images.NodeIma
 
 
 def export_images(runner, transfer: Transfer, node: str, cache: Cache, profile: str, runtime: str,
-                  report: Report, progress: Optional[Progress] = None) -> List[str]:
-    """Copy into the cache every image of ``node`` it lacks; return the node's references."""
-    on_node = node_image_list(runner, node, runtime)
+                  report: Report, progress: Optional[Progress] = None,
+                  on_node: Optional[List[node_images.NodeImage]] = None) -> List[str]:
+    """Copy into the cache every image of ``node`` it lacks (``on_node``: its images, listed already);
+    return the node's references."""
+    on_node = node_image_list(runner, node, runtime) if on_node is None else on_node
     for image in on_node:  # kept already, for another profile: this one's too
         cache.share_image(image.ref, image.digest, runtime, profile)
     for image in node_images.to_export(on_node, cache, runtime):
@@ -187,9 +189,11 @@ def kept_packages(runner, node: str) -> List[List[str]]:
             and ".." not in r[1].split("/") and r[2].isdigit()]
 
 
-def collect_packages(runner, transfer: Transfer, node: str, cache: Cache, profile: str, report: Report) -> int:
-    """Copy the packages ``node`` kept into the cache and record them as ``profile``'s collection."""
-    rows = kept_packages(runner, node)
+def collect_packages(runner, transfer: Transfer, node: str, cache: Cache, profile: str, report: Report,
+                     rows: Optional[List[List[str]]] = None) -> int:
+    """Copy the packages ``node`` kept into the cache (``rows``: :func:`kept_packages`, listed already)
+    and record them as ``profile``'s collection."""
+    rows = kept_packages(runner, node) if rows is None else rows
     added = 0
     for os_id, rel, size in rows:
         if not cache.package_path(os_id, rel).is_file():
