@@ -64,8 +64,9 @@ def required_images(cfg, cache: Cache) -> Tuple[List[str], bool]:
 
 
 def baked_box(cfg, cache: Cache):
-    """The cached box ``lab.box`` names when ``lab.bake`` made it for this profile and runtime, else None."""
-    box = cache.box(cfg.box)
+    """The cached box ``lab.box`` names when ``lab.bake`` made it for this profile and runtime (and
+    ``lab.box_url`` is unset, so the Vagrantfile boots it from the cache), else None."""
+    box = cache.box(cfg.box) if cfg.box_url is None else None
     return box if box is not None and box.profile == cfg.profile.name and box.runtime == cfg.runtime else None
 
 
@@ -75,7 +76,8 @@ def offline_problems(cfg, cache: Cache, environ=os.environ) -> List[str]:
     where = f"the cache ({cache.root})"
     url = cfg.box_url or ""
     local_box = url.startswith("file://") and Path(url[len("file://"):]).is_file()
-    if not (local_box or cache.box(cfg.box) is not None or vagrant_has_box(cfg.box, environ)):
+    cached_box = cfg.box_url is None and cache.box(cfg.box) is not None  # what the Vagrantfile then boots
+    if not (local_box or cached_box or vagrant_has_box(cfg.box, environ)):
         source = url or "Vagrant Cloud"
         problems.append(f"lab.offline: the box {cfg.box} is neither in Vagrant's box store nor in {where}; Vagrant "
                         f"would download it from {source}: add it (`vagrant box add`), or import a bundle that has it "

@@ -330,3 +330,18 @@ def test_a_cache_that_cannot_keep_is_a_warning_and_the_lab_stays_up(tmp_path, mo
     assert any(line.startswith("! cache: the host's cache did not keep what this lab got (lab.cache_dir: no space")
                for line in lines), lines
     assert "✓ cache: not kept (see the warning) (0 s)" in lines
+
+
+def test_offline_counts_the_cached_box_only_where_the_vagrantfile_boots_it(tmp_path):
+    from lab import cache_offline  # noqa: PLC0415
+
+    store = Cache(tmp_path / "cache")
+    (tmp_path / "box").write_bytes(b"a baked box")
+    store.add_box("dslab/current-docker", tmp_path / "box", profile="current", runtime="docker")
+    env = {"VAGRANT_HOME": str(tmp_path / "vagrant.d")}
+    cached = config.load({"box": "dslab/current-docker", "cache_dir": str(tmp_path / "cache")})
+    elsewhere = dataclasses.replace(cached, box_url="https://boxes.example/current.box")
+    assert not [p for p in cache_offline.offline_problems(cached, store, env) if "the box" in p]
+    assert [p for p in cache_offline.offline_problems(elsewhere, store, env) if "the box dslab/current-docker" in p]
+    assert cache_offline.baked_box(cached, store) is not None and cache_offline.baked_box(elsewhere, store) is None
+    assert "file://" in render.vagrantfile(cached) and "file://" not in render.vagrantfile(elsewhere)
