@@ -32,7 +32,7 @@ from typing import Callable, List, Optional
 from . import cache_sync
 from .cache import Cache, Progress, Report, mib
 from .cache_entries import BoxEntry
-from .cache_offline import vagrant_has_box
+from .cache_offline import vagrant_has_box, vagrant_home
 from .errors import StepError
 
 SHUTOFF_TIMEOUT_S = 300
@@ -188,10 +188,6 @@ def _copy_out(source: Path, out: Path) -> None:
 
 # ------------------------------------------------------------------ the box in Vagrant's store
 
-def _vagrant_home(environ) -> str:
-    return os.path.abspath(environ.get("VAGRANT_HOME") or os.path.expanduser("~/.vagrant.d"))
-
-
 def _added_path(cache: Cache) -> Path:
     return cache.root / "boxes" / "vagrant.json"
 
@@ -206,14 +202,14 @@ def store_is_stale(cache: Cache, entry: BoxEntry, environ=os.environ, has_box: C
     if not has_box(entry.name, environ):
         return False
     added = cache.read_index(_added_path(cache), {"version": 1, "homes": {}})
-    return added["homes"].get(_vagrant_home(environ), {}).get(entry.name) != entry.sha256
+    return added["homes"].get(str(vagrant_home(environ)), {}).get(entry.name) != entry.sha256
 
 
 def remember_in_store(cache: Cache, entry: BoxEntry, environ=os.environ) -> None:
     """Record that the Vagrant home of ``environ`` holds ``entry`` as the cache has it."""
     with cache.locked():
         added = cache.read_index(_added_path(cache), {"version": 1, "homes": {}})
-        added["homes"].setdefault(_vagrant_home(environ), {})[entry.name] = entry.sha256
+        added["homes"].setdefault(str(vagrant_home(environ)), {})[entry.name] = entry.sha256
         cache.write_index(_added_path(cache), added)
 
 

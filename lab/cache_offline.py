@@ -26,11 +26,15 @@ from .profiles import Download
 VAGRANT_SLASH = "-VAGRANTSLASH-"
 
 
+def vagrant_home(environ=os.environ) -> Path:
+    """Vagrant's home directory: ``$VAGRANT_HOME``, default ``~/.vagrant.d`` (absolute)."""
+    return Path(os.path.abspath(environ.get("VAGRANT_HOME") or Path.home() / ".vagrant.d"))
+
+
 def vagrant_has_box(name: str, environ=os.environ) -> bool:
     """True when Vagrant's box store (``$VAGRANT_HOME``, default ``~/.vagrant.d``) has a libvirt box
     ``name``: ``boxes/<name>/<version>/[<architecture>/]libvirt/metadata.json`` (Vagrant 2.3, 2.4)."""
-    home = Path(environ.get("VAGRANT_HOME") or Path.home() / ".vagrant.d")
-    base = home / "boxes" / name.replace("/", VAGRANT_SLASH)
+    base = vagrant_home(environ) / "boxes" / name.replace("/", VAGRANT_SLASH)
     return any(base.glob("*/libvirt/metadata.json")) or any(base.glob("*/*/libvirt/metadata.json"))
 
 

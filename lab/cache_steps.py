@@ -82,9 +82,7 @@ def push(ctx, node: str, download: Download, dest: str) -> None:
 
 def push_kubernetes_files(ctx) -> None:
     """cri-dockerd's tarball and the Kubernetes node tarball where cri-dockerd.sh and kubernetes.sh fetch them."""
-    profile = ctx.cfg.profile
-    pins = [pin for pin in (profile.cri_dockerd if ctx.cfg.runtime == "docker" and profile.needs_cri_dockerd else None,
-                            profile.kubernetes_node_archive) if pin is not None and pin.url and pin.checksum]
+    pins = [pin for step, pin in labcache.pinned_downloads(ctx.cfg.profile, ctx.cfg.runtime) if step == "kubernetes"]
 
     def on_node(node) -> None:
         for pin in pins:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
 from . import destroy, identity
+from .cache_offline import vagrant_home
 from .config import LabConfig
 
 _DESCRIPTION = re.compile(r"dslab lab ([A-Za-z0-9-]{1,63}|\?)(;|$)")
@@ -67,9 +68,8 @@ class Lab:
 def vagrant_projects(environ=None) -> List[Path]:
     """The project directories of Vagrant's machine index (nothing when there is none or it cannot be read)."""
     environ = os.environ if environ is None else environ
-    home = Path(environ.get("VAGRANT_HOME") or Path.home() / ".vagrant.d")
     try:
-        data = json.loads((home / "data" / "machine-index" / "index").read_text(encoding="utf-8"))
+        data = json.loads((vagrant_home(environ) / "data" / "machine-index" / "index").read_text(encoding="utf-8"))
         entries = data["machines"].values()
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return []
